@@ -1,0 +1,421 @@
+"""The ``leadloop`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from leadloop import __version__
+from leadloop import config as config_module
+from leadloop.config import ConfigError, LoadedConfig
+
+# Exit codes (sysexits.h), so systemd can tell a bad config, which no restart
+# fixes (RestartPreventExitStatus=78), from a database that may come back.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # another daemon holds the state directory
+EXIT_TEMPFAIL = 75  # the database cannot be reached
+EXIT_CONFIG = 78
+
+log = logging.getLogger("leadloop.cli")
+
+
+def _setup_logging(level: str = "info") -> None:
+    # Under systemd the journal stamps time and unit itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    return config_module.load(args.config)
+
+
+def _run_async(coro: Awaitable[int]) -> int:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _database(loaded: LoadedConfig) -> Any:
+    from leadloop.storage.db import open_database
+
+    db_settings = loaded.settings.database
+    return await open_database(
+        loaded.database_url,
+        pool_size=db_settings.pool_size,
+        busy_timeout=db_settings.busy_timeout.total_seconds(),
+    )
+
+
+def _progress(total_hint: int) -> Callable[[Iterable[Any]], Iterable[Any]]:
+    def wrap(rows: Iterable[Any]) -> Iterable[Any]:
+        from tqdm import tqdm
+
+        items = list(rows)
+        # A bar only where a person watches a file large enough to wait for.
+        disable = len(items) < total_hint or not sys.stderr.isatty()
+        bar: Iterable[Any] = tqdm(items, unit="row", disable=disable, file=sys.stderr)
+        return bar
+
+    return wrap
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO) -> None:
+    cells = [[str(c) if c is not None else "" for c in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)
+    ]
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    print(f"{loaded.file}: OK")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from leadloop.daemon.service import AlreadyRunning, Service
+    from leadloop.storage.db import DatabaseError
+
+    loaded = _load(args)
+    _setup_logging(loaded.settings.service.log_level)
+
+    async def main() -> int:
+        service = Service(loaded)
+        await service.run(once=args.once)
+        return EXIT_OK
+
+    try:
+        return _run_async(main())
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return EXIT_UNAVAILABLE
+    except DatabaseError as exc:
+        log.error("%s", exc)
+        return EXIT_TEMPFAIL
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from leadloop.daemon.service import read_pid
+
+    loaded = _load(args)  # refuse to signal with a file that would be refused
+    pid = read_pid(loaded.state_dir)
+    if pid is None:
+        print(f"no PID file in {loaded.state_dir}: is leadloop running?", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"leadloop (pid {pid}) is not running", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"asked leadloop (pid {pid}) to reload {loaded.file}")
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from leadloop.storage.db import head_revision
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        db = await _database(loaded)
+        await db.dispose()
+        print(f"database is at schema {head_revision()}")
+        return EXIT_OK
+
+    return _run_async(main())
+
+
+def cmd_leads_import(args: argparse.Namespace) -> int:
+    from leadloop.agent.leads import import_leads
+    from leadloop.clock import SystemClock
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        db = await _database(loaded)
+        try:
+            report = await import_leads(
+                db,
+                Path(args.file),
+                SystemClock().now(),
+                actor="admin:cli",
+                progress=_progress(1000),
+            )
+        finally:
+            await db.dispose()
+        _print_report(report.as_dict(), args.json)
+        return EXIT_OK if not report.rejected else EXIT_FAILURE
+
+    return _run_async(main())
+
+
+def cmd_accounts_import(args: argparse.Namespace) -> int:
+    from leadloop.agent.leads import import_accounts
+    from leadloop.clock import SystemClock
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        db = await _database(loaded)
+        try:
+            report = await import_accounts(
+                db, Path(args.file), SystemClock().now(), progress=_progress(1000)
+            )
+        finally:
+            await db.dispose()
+        _print_report(report.as_dict(), args.json)
+        return EXIT_OK if not report.rejected else EXIT_FAILURE
+
+    return _run_async(main())
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    print(
+        f"created {report['created']}, updated {report['updated']}, "
+        f"unchanged {report['unchanged']}, rejected {len(report['rejected'])}"
+    )
+    if report["custom_columns"]:
+        print(f"kept as custom fields: {', '.join(report['custom_columns'])}")
+    for rejected in report["rejected"]:
+        print(f"  line {rejected['line']}: {rejected['reason']}")
+
+
+def cmd_leads_list(args: argparse.Namespace) -> int:
+    from leadloop.storage import queries
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        db = await _database(loaded)
+        try:
+            leads = await queries.list_leads(db, state=args.state)
+        finally:
+            await db.dispose()
+        if args.json:
+            for lead in leads:
+                print(json.dumps(lead))
+        else:
+            _table(
+                [
+                    (lead["email"], lead["name"], lead["company"], lead["state"], lead["owner"])
+                    for lead in leads
+                ],
+                ("EMAIL", "NAME", "COMPANY", "STATE", "OWNER"),
+                sys.stdout,
+            )
+        return EXIT_OK
+
+    return _run_async(main())
+
+
+def cmd_leads_show(args: argparse.Namespace) -> int:
+    from leadloop.storage import queries
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        db = await _database(loaded)
+        try:
+            detail = await queries.lead_detail(db, args.email)
+        finally:
+            await db.dispose()
+        if detail is None:
+            print(f"no lead {args.email}", file=sys.stderr)
+            return EXIT_FAILURE
+        if args.json:
+            print(json.dumps(detail, indent=2))
+            return EXIT_OK
+        for key, value in detail["lead"].items():
+            print(f"{key:24} {value if value is not None else ''}")
+        print("\nstate history:")
+        for change in detail["history"]:
+            print(
+                f"  {change['at']}  {change['from'] or '-'} -> {change['to']}  "
+                f"by {change['actor']}: {change['reason']}"
+            )
+        print("\nevents:")
+        for event in detail["events"]:
+            print(
+                f"  {event['at']}  {event['kind']}  by {event['actor']}: "
+                f"{'; '.join(event['reasons'])}"
+            )
+        return EXIT_OK
+
+    return _run_async(main())
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from leadloop.agent.pipeline import retry_quarantined
+    from leadloop.clock import SystemClock
+    from leadloop.storage import queries
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        db = await _database(loaded)
+        try:
+            if args.action == "list":
+                rows = await queries.quarantined(db)
+                if args.json:
+                    for row in rows:
+                        print(json.dumps(row))
+                else:
+                    _table(
+                        [
+                            (r["id"], r["mailbox"], r["from"], r["subject"], r["stage"], r["error"])
+                            for r in rows
+                        ],
+                        ("ID", "MAILBOX", "FROM", "SUBJECT", "STAGE", "ERROR"),
+                        sys.stdout,
+                    )
+                return EXIT_OK
+            if args.id is None:
+                print(f"quarantine {args.action} needs a message ID", file=sys.stderr)
+                return EXIT_USAGE
+            if args.action == "show":
+                detail = await queries.inbound_detail(db, args.id)
+                if detail is None:
+                    print(f"no message {args.id}", file=sys.stderr)
+                    return EXIT_FAILURE
+                print(json.dumps(detail, indent=2))
+                return EXIT_OK
+            try:
+                await retry_quarantined(db, SystemClock(), args.id, actor="admin:cli")
+            except (LookupError, ValueError) as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_FAILURE
+            print(
+                f"message {args.id} is back in line; it runs with the next pass of "
+                "`leadloop run` (or now with `leadloop run --once`)"
+            )
+            return EXIT_OK
+        finally:
+            await db.dispose()
+
+    return _run_async(main())
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from leadloop.daemon.replay import replay
+
+    loaded = _load(args)
+    _setup_logging("warning")
+
+    async def main() -> int:
+        result = await replay(Path(args.directory), loaded, sys.stdout)
+        return result.exit_code
+
+    try:
+        return _run_async(main())
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+
+
+# -- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $LEADLOOP_CONFIG, else ./config.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="leadloop", description="Works sales leads over email.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"leadloop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, into: Any = sub
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = into.add_parser(name, help=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    run = add("run", cmd_run, "run the daemon")
+    run.add_argument(
+        "--once", action="store_true", help="fetch and process what is waiting, then exit"
+    )
+    add("check-config", cmd_check_config, "validate the configuration")
+    add("reload", cmd_reload, "ask the running daemon to reload its configuration")
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    add("upgrade", cmd_db_upgrade, "apply migrations", into=db)
+
+    leads = sub.add_parser("leads", help="leads").add_subparsers(
+        dest="leads_command", required=True, metavar="ACTION"
+    )
+    p = add("import", cmd_leads_import, "import or update leads from a CSV file", into=leads)
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_leads_list, "list leads", into=leads)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--state", help="only leads in this state")
+    p = add("show", cmd_leads_show, "a lead's fields, state history and events", into=leads)
+    p.add_argument("email")
+    p.add_argument("--json", action="store_true")
+
+    accounts = sub.add_parser("accounts", help="accounts").add_subparsers(
+        dest="accounts_command", required=True, metavar="ACTION"
+    )
+    p = add(
+        "import", cmd_accounts_import, "import or update accounts from a CSV file", into=accounts
+    )
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+
+    p = add("quarantine", cmd_quarantine, "messages put aside after failures")
+    p.add_argument("action", choices=("list", "show", "retry"))
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--json", action="store_true")
+
+    p = add("replay", cmd_replay, "replay a folder of .eml files (JSON lines)")
+    p.add_argument("directory")
+    p.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    _setup_logging("warning")
+    from leadloop.storage.db import DatabaseError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    except DatabaseError as exc:
+        print(f"leadloop: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except KeyboardInterrupt:
+        return 130

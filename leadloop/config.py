@@ -1,0 +1,448 @@
+"""Typed, validated configuration.
+
+``config.toml`` loads into one frozen :class:`Config`.  Every problem found
+(unknown key, wrong type, placeholder value, unreadable secret) becomes a
+:class:`ConfigProblem` that names the key path and the line of the file
+where that key sits, and all of them are reported together in one
+:class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from leadloop import tomlpos
+
+ENV_CONFIG = "LEADLOOP_CONFIG"
+DEFAULT_CONFIG = "config.toml"
+
+# RFC 2606 and RFC 6761: names that can never receive mail.
+RESERVED_DOMAINS = frozenset({"example.com", "example.net", "example.org"})
+RESERVED_TLDS = frozenset({"example", "test", "invalid", "localhost"})
+PLACEHOLDER = re.compile(r"changeme", re.IGNORECASE)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION_UNITS = {
+    "ms": timedelta(milliseconds=1),
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"30s"``, ``"10m"``, ``"36h"``, ``"2d"``, ``"1w"`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '10m', '36h', '2d')")
+
+
+def parse_size(value: Any) -> int:
+    """``"25MB"``, ``"512KiB"`` or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+    raise ValueError(f"not a size: {value!r} (use e.g. '25MB')")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(_Section):
+    """Where a secret comes from: never the file itself.
+
+    ``password_env`` names an environment variable, ``password_file`` a file
+    whose first line is the secret, ``password_credential`` a systemd
+    credential read from ``$CREDENTIALS_DIRECTORY``.
+    """
+
+    password_env: str | None = None
+    password_file: Path | None = None
+    password_credential: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        given = [
+            name
+            for name in ("password_env", "password_file", "password_credential")
+            if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+    @property
+    def has_secret(self) -> bool:
+        return any(
+            v is not None for v in (self.password_env, self.password_file, self.password_credential)
+        )
+
+
+class ServiceConfig(_Section):
+    state_dir: Path = Path("./var")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stop_timeout: Duration = timedelta(seconds=30)
+
+
+class DatabaseConfig(SecretSource):
+    url: str = "sqlite:///leadloop.db"
+    pool_size: int = Field(default=5, ge=1, le=100)
+    busy_timeout: Duration = timedelta(seconds=5)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+        return url
+
+
+class PipelineConfig(_Section):
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    retry_backoff: Duration = timedelta(seconds=30)
+    max_message_size: Size = 25 * 1000**2
+
+
+class SchedulerConfig(_Section):
+    tick: Duration = timedelta(seconds=30)
+
+
+class StaffConfig(_Section):
+    addresses: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+
+
+class MailboxConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["maildir"] = "maildir"
+    address: str
+    display_name: str = ""
+    path: Path = Path("mail")
+    poll_interval: Duration = timedelta(seconds=10)
+    fetch_batch: int = Field(default=200, ge=1, le=10_000)
+    acknowledge: Literal["seen", "move", "keep"] = "seen"
+    move_to: str = "Processed"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if "@" not in value or value.startswith("@") or value.endswith("@"):
+            raise ValueError(f"not an email address: {value!r}")
+        return value.strip().lower()
+
+
+class SmtpConfig(SecretSource):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+
+class Config(_Section):
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    staff: StaffConfig = Field(default_factory=StaffConfig)
+    mailboxes: list[MailboxConfig] = Field(default_factory=list)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _unique_names(cls, mailboxes: list[MailboxConfig]) -> list[MailboxConfig]:
+        seen: set[str] = set()
+        for box in mailboxes:
+            if box.name in seen:
+                raise ValueError(f"two mailboxes are named {box.name!r}")
+            seen.add(box.name)
+        return mailboxes
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str
+    message: str
+    line: int | None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; every problem found is listed."""
+
+    def __init__(self, file: Path, problems: list[ConfigProblem]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(f"{self.file}: {problem}" for problem in self.problems)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration with its paths resolved and secrets read."""
+
+    file: Path
+    settings: Config
+    state_dir: Path
+    secrets: Mapping[str, SecretStr]
+
+    @property
+    def config_dir(self) -> Path:
+        return self.file.parent
+
+    def data_path(self, path: Path) -> Path:
+        """Resolve a path for data the daemon writes: against the state directory."""
+        return path if path.is_absolute() else (self.state_dir / path).resolve()
+
+    def input_path(self, path: Path) -> Path:
+        """Resolve a path for files admins write (knowledge, playbook): against the
+        config file's folder."""
+        return path if path.is_absolute() else (self.config_dir / path).resolve()
+
+    def secret(self, key: str) -> str | None:
+        value = self.secrets.get(key)
+        return value.get_secret_value() if value else None
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL, with a relative SQLite path resolved and
+        the password filled in from its secret."""
+        return database_url(self)
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """``--config PATH``, else ``$LEADLOOP_CONFIG``, else ``./config.toml``."""
+    chosen = explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
+    return Path(chosen).expanduser().absolute()
+
+
+def load(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Read, validate and resolve the configuration, or raise :class:`ConfigError`."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, [ConfigProblem("", f"cannot read: {exc.strerror}", None)]) from exc
+    return loads(text, file)
+
+
+def loads(text: str, file: Path) -> LoadedConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise ConfigError(file, [ConfigProblem("", f"not valid TOML: {exc}", line)]) from exc
+    lines = tomlpos.key_lines(text)
+
+    def problem(path: tomlpos.Path, message: str) -> ConfigProblem:
+        return ConfigProblem(tomlpos.format_path(path), message, tomlpos.line_of(lines, path))
+
+    problems = [problem(path, msg) for path, msg in _placeholders(data)]
+    try:
+        settings = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(problem(tuple(err["loc"]), _message(err)) for err in exc.errors())
+        raise ConfigError(file, problems) from None
+    problems.extend(problem(path, msg) for path, msg in _reserved_senders(settings))
+    state_dir = _state_dir(settings, file)
+    secrets: dict[str, SecretStr] = {}
+    for key, source in _secret_sources(settings):
+        try:
+            value = read_secret(source)
+        except SecretUnavailable as exc:
+            problems.append(problem((*key, exc.field), str(exc)))
+            continue
+        if value is not None:
+            secrets[".".join(map(str, key))] = SecretStr(value)
+    if problems:
+        raise ConfigError(file, problems)
+    return LoadedConfig(file=file, settings=settings, state_dir=state_dir, secrets=secrets)
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    message = str(err["msg"])
+    message = message.removeprefix("Value error, ")
+    if "input" in err and err["type"] not in ("model_type",) and not isinstance(err["input"], dict):
+        message += f" (got {err['input']!r})"
+    return message
+
+
+def _walk(value: Any, path: tomlpos.Path = ()) -> Iterator[tuple[tomlpos.Path, Any]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _walk(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _walk(child, (*path, index))
+    else:
+        yield path, value
+
+
+def _placeholders(data: dict[str, Any]) -> Iterator[tuple[tomlpos.Path, str]]:
+    for path, value in _walk(data):
+        if isinstance(value, str) and PLACEHOLDER.search(value):
+            yield path, f"placeholder value {value!r}: replace it with a real one"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_reserved_domain(address: str) -> bool:
+    domain = address.rsplit("@", 1)[-1].lower().rstrip(".")
+    return (
+        domain in RESERVED_DOMAINS
+        or domain.rsplit(".", 1)[-1] in RESERVED_TLDS
+        or any(domain.endswith("." + reserved) for reserved in RESERVED_DOMAINS)
+    )
+
+
+def _reserved_senders(settings: Config) -> Iterator[tuple[tomlpos.Path, str]]:
+    # A reserved example domain is fine while mail only travels on loopback
+    # (tests, demo, a local Maildir); sent through a real server it would be
+    # a misconfiguration that bounces or, worse, lands in a stranger's box.
+    if is_loopback(settings.smtp.host):
+        return
+    for index, box in enumerate(settings.mailboxes):
+        if is_reserved_domain(box.address):
+            yield (
+                ("mailboxes", index, "address"),
+                f"{box.address!r} is a reserved example domain; "
+                f"it cannot send through {settings.smtp.host}",
+            )
+
+
+def _state_dir(settings: Config, file: Path) -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; it wins over the file.
+    from_systemd = os.environ.get("STATE_DIRECTORY")
+    if from_systemd:
+        return Path(from_systemd.split(":", 1)[0]).resolve()
+    state_dir = settings.service.state_dir.expanduser()
+    return state_dir if state_dir.is_absolute() else (file.parent / state_dir).resolve()
+
+
+def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str, ...], SecretSource]]:
+    yield ("database",), settings.database
+    yield ("smtp",), settings.smtp
+
+
+class SecretUnavailable(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def read_secret(source: SecretSource) -> str | None:
+    """Read the secret *source* points at; ``None`` when it names none."""
+    if source.password_env is not None:
+        value = os.environ.get(source.password_env)
+        if value is None:
+            raise SecretUnavailable(
+                "password_env", f"environment variable {source.password_env} is not set"
+            )
+        return value
+    if source.password_file is not None:
+        return _read_secret_file("password_file", source.password_file.expanduser())
+    if source.password_credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise SecretUnavailable(
+                "password_credential",
+                "$CREDENTIALS_DIRECTORY is not set (is the service started with LoadCredential=?)",
+            )
+        name = source.password_credential
+        if "/" in name or name in (".", ".."):
+            raise SecretUnavailable("password_credential", f"not a credential name: {name!r}")
+        return _read_secret_file("password_credential", Path(directory) / name)
+    return None
+
+
+def _read_secret_file(field: str, path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SecretUnavailable(field, f"cannot read {path}: {exc.strerror}") from exc
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise SecretUnavailable(field, f"{path} is empty")
+    return secret
+
+
+def database_url(loaded: LoadedConfig) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(loaded.settings.database.url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not Path(database).is_absolute():
+            database = str(loaded.data_path(Path(database)))
+        url = url.set(drivername="sqlite+aiosqlite", database=database)
+    else:
+        url = url.set(drivername="postgresql+asyncpg")
+        password = loaded.secret("database")
+        if password is not None:
+            url = url.set(password=password)
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,1 @@
+"""Process lifecycle: wiring, signals, the scheduler bell, replay."""

@@ -1,0 +1,73 @@
+"""Durable ingest: fetched bytes and the advanced cursor commit together,
+and only then is anything acknowledged on the server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from leadloop.channels.base import Inbox, RawMail
+from leadloop.clock import Clock
+from leadloop.mail.envelope import read_envelope
+from leadloop.storage import repo
+from leadloop.storage.db import Database
+from leadloop.storage.models import Mailbox
+
+log = logging.getLogger("leadloop.daemon.ingest")
+
+
+@dataclass
+class IngestStats:
+    fetched: int = 0
+    stored: int = 0
+
+
+def to_new_inbound(mail: RawMail, max_size: int) -> repo.NewInbound:
+    envelope = read_envelope(mail.raw)
+    oversized = len(mail.raw) > max_size
+    defects = list(envelope.defects)
+    if oversized:
+        defects.append(f"oversized: {len(mail.raw)} bytes > {max_size}; headers only")
+    return repo.NewInbound(
+        source_id=mail.source_id,
+        raw=mail.raw,
+        message_id=envelope.message_id,
+        message_id_synthetic=envelope.message_id_synthetic,
+        from_addr=envelope.from_addr,
+        subject=envelope.subject,
+        sent_at=envelope.date,
+        headers=envelope.headers,
+        defects=defects,
+        oversized=oversized,
+    )
+
+
+async def ingest_once(
+    db: Database, inbox: Inbox, mailbox_id: int, clock: Clock, *, batch: int, max_size: int
+) -> IngestStats:
+    """Fetch everything waiting in *inbox*, batch by batch, storing each batch
+    and its cursor in one transaction before acknowledging it."""
+    stats = IngestStats()
+    while True:
+        async with db.transaction() as session:
+            box = await session.get(Mailbox, mailbox_id)
+            assert box is not None
+            cursor = dict(box.cursor or {})
+        result = await inbox.fetch_since(cursor, batch)
+        if not result.mails and result.cursor == cursor:
+            return stats
+        stats.fetched += len(result.mails)
+        records = [to_new_inbound(mail, max_size) for mail in result.mails]
+        # Crash window: before this commit nothing is stored and nothing is
+        # acknowledged, so the next fetch returns the same mail.
+        async with db.transaction() as session:
+            new_ids = await repo.store_inbound(session, mailbox_id, records, clock.now())
+            await repo.advance_cursor(session, mailbox_id, result.cursor, clock.now())
+        stats.stored += len(new_ids)
+        # Crash window: stored but not acknowledged; the refetch is dropped
+        # as a duplicate by (mailbox, source_id) and acknowledged then.
+        await inbox.acknowledge(result.mails)
+        if new_ids:
+            log.info("mailbox=%s stored=%d fetched=%d", inbox.name, len(new_ids), len(result.mails))
+        if not result.more or not new_ids:
+            return stats

@@ -1,0 +1,348 @@
+"""The daemon: one asyncio process running the mailbox watchers, the stage
+runner and the scheduler bell.
+
+SIGTERM and SIGINT stop it gracefully: no new work is taken, the message in
+hand is finished and committed, and the process exits 0.  SIGHUP reloads the
+configuration; an invalid edit is refused and the running one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from leadloop import config as config_module
+from leadloop.agent.due import run_due
+from leadloop.agent.pipeline import Pipeline, Stage
+from leadloop.channels.base import ChannelError, Inbox
+from leadloop.channels.maildir import MaildirInbox
+from leadloop.clock import Clock, SystemClock
+from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
+from leadloop.daemon.ingest import ingest_once
+from leadloop.daemon.tasks import TaskKeeper
+from leadloop.storage import repo
+from leadloop.storage.db import Database, open_database
+
+log = logging.getLogger("leadloop.daemon.service")
+
+PID_FILE = "leadloop.pid"
+
+
+class AlreadyRunning(Exception):
+    """Another leadloop holds this state directory's instance lock."""
+
+
+def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
+    if box.kind == "maildir":
+        return MaildirInbox(
+            box.name,
+            loaded.data_path(box.path),
+            acknowledge=box.acknowledge,
+            move_to=box.move_to,
+        )
+    raise ValueError(f"mailbox kind {box.kind!r} is not available")
+
+
+@dataclass
+class Watcher:
+    """One mailbox being watched; its failures are its own."""
+
+    config: MailboxConfig
+    inbox: Inbox
+    mailbox_id: int
+    opened: bool = False
+    failing: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class InstanceLock:
+    """One daemon per state directory (and so per SQLite database): a lock
+    file held for the life of the process, plus the PID file that
+    ``leadloop reload`` reads."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.lock_path = state_dir / "leadloop.lock"
+        self.pid_path = state_dir / PID_FILE
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            pid = read_pid(self.pid_path.parent)
+            raise AlreadyRunning(
+                f"another leadloop (pid {pid or 'unknown'}) is running with state directory "
+                f"{self.lock_path.parent}"
+            ) from None
+        self._handle = handle
+        tmp = self.pid_path.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(self.pid_path)
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if read_pid(self.pid_path.parent) == os.getpid():
+                self.pid_path.unlink()
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+
+def read_pid(state_dir: Path) -> int | None:
+    try:
+        return int((state_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Service:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        clock: Clock | None = None,
+        stages: list[Stage] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.clock = clock or SystemClock()
+        self.stages = stages
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.stop_event = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.tasks = TaskKeeper()
+        self.watchers: dict[str, Watcher] = {}
+        self.lock = InstanceLock(loaded.state_dir)
+        self.db: Database | None = None
+        self.pipeline: Pipeline | None = None
+        self.scheduler: AsyncIOScheduler | None = None
+
+    # -- start and stop ---------------------------------------------------
+    async def start(self) -> None:
+        settings = self.loaded.settings
+        self.lock.acquire()
+        try:
+            self.db = await open_database(
+                self.loaded.database_url,
+                pool_size=settings.database.pool_size,
+                busy_timeout=settings.database.busy_timeout.total_seconds(),
+            )
+            self.pipeline = Pipeline(
+                self.db,
+                self.clock,
+                owner=self.owner,
+                stages=self.stages,
+                max_attempts=settings.pipeline.max_attempts,
+                retry_backoff=settings.pipeline.retry_backoff,
+                batch_size=settings.pipeline.batch_size,
+            )
+            # On SQLite this is the only daemon (the instance lock), so every
+            # claim left in the database is a crashed one.
+            await self.pipeline.recover(all_claims=self.db.is_sqlite)
+            await self._sync_watchers()
+        except BaseException:
+            await self._close()
+            raise
+        log.info(
+            "started pid=%d mailboxes=%d state_dir=%s",
+            os.getpid(),
+            len(self.watchers),
+            self.loaded.state_dir,
+        )
+
+    async def _sync_watchers(self) -> None:
+        assert self.db is not None
+        wanted = {box.name: box for box in self.loaded.settings.mailboxes}
+        for name in list(self.watchers):
+            if name not in wanted or wanted[name] != self.watchers[name].config:
+                watcher = self.watchers.pop(name)
+                await watcher.inbox.close()
+        for name, box in wanted.items():
+            if name in self.watchers:
+                continue
+            async with self.db.transaction() as session:
+                row = await repo.ensure_mailbox(session, box.name, box.kind, box.address)
+            self.watchers[name] = Watcher(box, build_inbox(box, self.loaded), row.id)
+
+    async def run(self, *, once: bool = False) -> None:
+        """Start, work until stopped (or, with *once*, until nothing is left), stop."""
+        await self.start()
+        try:
+            if once:
+                await self.run_once()
+                return
+            self._install_signals()
+            self._start_scheduler()
+            runner = self.tasks.start(self._runner(), "stage-runner")
+            for watcher in self.watchers.values():
+                self.tasks.start(self.poll(watcher), f"poll-{watcher.config.name}")
+            await self.stop_event.wait()
+            log.info("stopping: finishing the message in hand")
+            if self.scheduler is not None:
+                self.scheduler.shutdown(wait=False)
+            self.wake.set()
+            timeout = self.loaded.settings.service.stop_timeout.total_seconds()
+            try:
+                await asyncio.wait_for(asyncio.shield(runner), timeout)
+            except TimeoutError:
+                log.error(
+                    "the stage runner did not finish within %.0fs; its claim is kept", timeout
+                )
+        finally:
+            await self._close()
+        log.info("stopped")
+
+    async def run_once(self) -> None:
+        """Fetch every mailbox, do due work and process everything, then return."""
+        assert self.pipeline is not None and self.db is not None
+        for watcher in self.watchers.values():
+            await self.poll(watcher)
+        await run_due(self.db, self.clock.now(), owner=self.owner)
+        await self.pipeline.run_pending()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def _close(self) -> None:
+        await self.tasks.cancel_all()
+        for watcher in self.watchers.values():
+            with contextlib.suppress(Exception):
+                await watcher.inbox.close()
+        if self.db is not None:
+            await self.db.dispose()
+        self.lock.release()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+
+    def _start_scheduler(self) -> None:
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._schedule_jobs()
+        self.scheduler.start()
+
+    def _schedule_jobs(self) -> None:
+        assert self.scheduler is not None
+        self.scheduler.remove_all_jobs()
+        settings = self.loaded.settings
+        self.scheduler.add_job(
+            self.bell,
+            "interval",
+            seconds=settings.scheduler.tick.total_seconds(),
+            id="bell",
+            max_instances=1,
+            coalesce=True,
+        )
+        for watcher in self.watchers.values():
+            self.scheduler.add_job(
+                self.poll,
+                "interval",
+                args=[watcher],
+                seconds=watcher.config.poll_interval.total_seconds(),
+                id=f"poll-{watcher.config.name}",
+                max_instances=1,
+                coalesce=True,
+            )
+
+    # -- the work ---------------------------------------------------------
+    async def bell(self) -> None:
+        """The scheduler's tick: do due work, then let the runner look again."""
+        if self.stop_event.is_set():
+            return
+        assert self.db is not None
+        try:
+            ran = await run_due(self.db, self.clock.now(), owner=self.owner)
+        except Exception:
+            log.exception("due work failed; will try at the next tick")
+            return
+        if ran:
+            log.info("due tasks run=%d", ran)
+        self.wake.set()
+
+    async def poll(self, watcher: Watcher) -> None:
+        """Fetch one mailbox.  One failing mailbox never stops the others:
+        its error is logged once, and its recovery once."""
+        if self.stop_event.is_set() or watcher.lock.locked():
+            return
+        assert self.db is not None
+        async with watcher.lock:
+            try:
+                if not watcher.opened:
+                    await watcher.inbox.open()
+                    watcher.opened = True
+                stats = await ingest_once(
+                    self.db,
+                    watcher.inbox,
+                    watcher.mailbox_id,
+                    self.clock,
+                    batch=watcher.config.fetch_batch,
+                    max_size=self.loaded.settings.pipeline.max_message_size,
+                )
+            except (ChannelError, OSError) as exc:
+                if watcher.failing != str(exc):
+                    log.error("mailbox=%s unavailable: %s", watcher.config.name, exc)
+                watcher.failing = str(exc)
+                watcher.opened = False
+                return
+            if watcher.failing is not None:
+                log.info("mailbox=%s recovered", watcher.config.name)
+                watcher.failing = None
+            if stats.stored:
+                self.wake.set()
+
+    async def _runner(self) -> None:
+        assert self.pipeline is not None
+        tick = self.loaded.settings.scheduler.tick.total_seconds()
+        while not self.stop_event.is_set():
+            self.wake.clear()
+            stats = await self.pipeline.run_pending(self.stop_event)
+            if stats.processed:
+                log.info(
+                    "pipeline processed=%d done=%d retried=%d quarantined=%d",
+                    stats.processed,
+                    stats.done,
+                    stats.retried,
+                    stats.quarantined,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), tick)
+
+    # -- reload -----------------------------------------------------------
+    def _request_reload(self) -> None:
+        self.tasks.start(self.reload(), "reload")
+
+    async def reload(self) -> bool:
+        """Apply the configuration file again; keep the running one if it is invalid."""
+        try:
+            loaded = config_module.load(self.loaded.file)
+        except ConfigError as exc:
+            log.error("reload refused; the running configuration is kept:\n%s", exc.render())
+            return False
+        if (
+            loaded.database_url != self.loaded.database_url
+            or loaded.state_dir != self.loaded.state_dir
+        ):
+            log.error("reload refused: the database and state directory change only with a restart")
+            return False
+        self.loaded = loaded
+        await self._sync_watchers()
+        if self.scheduler is not None:
+            self._schedule_jobs()
+        log.info("configuration reloaded from %s", loaded.file)
+        return True

@@ -1,0 +1,4 @@
+"""What the bytes mean: parsing, screening, reply extraction, MIME building.
+
+Knows nothing of leads or storage.
+"""

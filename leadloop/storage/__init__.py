@@ -1,0 +1,4 @@
+"""Storage: SQLAlchemy models, repository queries and Alembic migrations.
+
+Knows nothing of mail protocols or lead policy.
+"""

@@ -1,0 +1,143 @@
+"""Read views for the command line: plain dicts, ready to print or dump as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from leadloop.storage import repo
+from leadloop.storage.db import Database
+from leadloop.storage.models import Account, Event, InboundMessage, Lead, LeadStateChange, Mailbox
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def lead_summary(lead: Lead) -> dict[str, Any]:
+    name = " ".join(part for part in (lead.first_name, lead.last_name) if part)
+    return {
+        "email": lead.email,
+        "name": name or None,
+        "company": lead.company,
+        "state": lead.state,
+        "owner": lead.owner,
+        "hand_raiser": lead.hand_raiser,
+        "rating": lead.rating,
+    }
+
+
+async def list_leads(db: Database, *, state: str | None = None) -> list[dict[str, Any]]:
+    async with db.transaction() as session:
+        query = select(Lead).order_by(Lead.id)
+        if state:
+            query = query.where(Lead.state == state)
+        return [lead_summary(lead) for lead in (await session.scalars(query)).all()]
+
+
+async def lead_detail(db: Database, email: str) -> dict[str, Any] | None:
+    async with db.transaction() as session:
+        lead = await session.scalar(select(Lead).where(Lead.email == email.strip().lower()))
+        if lead is None:
+            return None
+        account = await session.get(Account, lead.account_id) if lead.account_id else None
+        history = (
+            await session.scalars(
+                select(LeadStateChange)
+                .where(LeadStateChange.lead_id == lead.id)
+                .order_by(LeadStateChange.id)
+            )
+        ).all()
+        inbound_ids = select(InboundMessage.id).where(InboundMessage.lead_id == lead.id)
+        events = (
+            await session.scalars(
+                select(Event)
+                .where(or_(Event.lead_id == lead.id, Event.inbound_id.in_(inbound_ids)))
+                .order_by(Event.id)
+            )
+        ).all()
+    fields = {
+        column.key: _iso(getattr(lead, column.key))
+        for column in Lead.__table__.columns
+        if column.key != "account_id"
+    }
+    fields["account"] = account.domain if account else None
+    return {
+        "lead": fields,
+        "history": [
+            {
+                "at": _iso(c.at),
+                "from": c.from_state,
+                "to": c.to_state,
+                "actor": c.actor,
+                "reason": c.reason,
+            }
+            for c in history
+        ],
+        "events": [
+            {
+                "at": _iso(e.at),
+                "kind": e.kind,
+                "actor": e.actor,
+                "reasons": e.reasons,
+                "data": e.data,
+            }
+            for e in events
+        ],
+    }
+
+
+async def quarantined(db: Database) -> list[dict[str, Any]]:
+    async with db.transaction() as session:
+        rows = await session.execute(
+            select(InboundMessage, Mailbox.name)
+            .join(Mailbox, Mailbox.id == InboundMessage.mailbox_id)
+            .where(InboundMessage.status == repo.QUARANTINED)
+            .order_by(InboundMessage.id)
+        )
+        return [
+            {
+                "id": row.id,
+                "mailbox": mailbox,
+                "message_id": row.message_id,
+                "from": row.from_addr,
+                "subject": row.subject,
+                "stage": row.stage,
+                "attempts": row.attempts,
+                "error": (row.last_error or "").splitlines()[0][:200] if row.last_error else None,
+            }
+            for row, mailbox in rows.tuples()
+        ]
+
+
+async def inbound_detail(db: Database, inbound_id: int) -> dict[str, Any] | None:
+    async with db.transaction() as session:
+        row = await session.get(InboundMessage, inbound_id)
+        if row is None:
+            return None
+        events = (
+            await session.scalars(
+                select(Event).where(Event.inbound_id == inbound_id).order_by(Event.id)
+            )
+        ).all()
+    return {
+        "id": row.id,
+        "source_id": row.source_id,
+        "message_id": row.message_id,
+        "message_id_synthetic": row.message_id_synthetic,
+        "from": row.from_addr,
+        "subject": row.subject,
+        "date": _iso(row.sent_at),
+        "size": row.size,
+        "stage": row.stage,
+        "status": row.status,
+        "attempts": row.attempts,
+        "kind": row.kind,
+        "last_error": row.last_error,
+        "defects": row.defects,
+        "events": [
+            {"at": _iso(e.at), "kind": e.kind, "actor": e.actor, "reasons": e.reasons}
+            for e in events
+        ],
+    }

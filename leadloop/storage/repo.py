@@ -1,0 +1,265 @@
+"""Repository queries: the reads and writes the rest of leadloop shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadloop.storage.models import Event, InboundMessage, Mailbox, ScheduledTask
+
+PENDING = "pending"
+CLAIMED = "claimed"
+DONE = "done"
+QUARANTINED = "quarantined"
+FAILED = "failed"
+FIRST_STAGE = "screen"
+
+
+@dataclass(frozen=True)
+class NewInbound:
+    """One fetched message, ready to store."""
+
+    source_id: str
+    raw: bytes
+    message_id: str
+    message_id_synthetic: bool
+    from_addr: str | None
+    subject: str | None
+    sent_at: datetime | None
+    headers: dict[str, list[str]]
+    defects: list[str]
+    oversized: bool
+
+
+def add_event(
+    session: AsyncSession,
+    kind: str,
+    *,
+    actor: str,
+    now: datetime,
+    reasons: Iterable[str] = (),
+    lead_id: int | None = None,
+    inbound_id: int | None = None,
+    outbound_id: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Record a decision and its reasons."""
+    event = Event(
+        at=now,
+        kind=kind,
+        actor=actor,
+        lead_id=lead_id,
+        inbound_id=inbound_id,
+        outbound_id=outbound_id,
+        reasons=list(reasons),
+        data=data or {},
+    )
+    session.add(event)
+    return event
+
+
+async def ensure_mailbox(session: AsyncSession, name: str, kind: str, address: str) -> Mailbox:
+    box = await session.scalar(select(Mailbox).where(Mailbox.name == name))
+    if box is None:
+        box = Mailbox(name=name, kind=kind, address=address, cursor={})
+        session.add(box)
+        await session.flush()
+    elif (box.kind, box.address) != (kind, address):
+        box.kind, box.address = kind, address
+    return box
+
+
+async def store_inbound(
+    session: AsyncSession, mailbox_id: int, mails: Sequence[NewInbound], now: datetime
+) -> list[int]:
+    """Insert *mails*, skipping any already stored for this mailbox; return
+    the ids of the rows that are new.
+
+    A Message-ID already stored from any mailbox marks the new row as a
+    duplicate: kept, never processed (so never answered twice).
+    """
+    if not mails:
+        return []
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    new_ids: list[int] = []
+    for mail in mails:
+        first = await session.scalar(
+            select(InboundMessage.id)
+            .where(InboundMessage.message_id == mail.message_id)
+            .order_by(InboundMessage.id)
+            .limit(1)
+        )
+        statement = (
+            insert(InboundMessage)
+            .values(
+                mailbox_id=mailbox_id,
+                source_id=mail.source_id,
+                message_id=mail.message_id,
+                message_id_synthetic=mail.message_id_synthetic,
+                duplicate_of=first,
+                raw=mail.raw,
+                size=len(mail.raw),
+                headers=mail.headers,
+                from_addr=mail.from_addr,
+                subject=mail.subject,
+                sent_at=mail.sent_at,
+                received_at=now,
+                defects=mail.defects,
+                oversized=mail.oversized,
+                stage="done" if first else FIRST_STAGE,
+                status=DONE if first else PENDING,
+                kind="ignored" if first else None,
+                finished_at=now if first else None,
+                attempts=0,
+                not_before=now,
+                result={},
+            )
+            .on_conflict_do_nothing(index_elements=["mailbox_id", "source_id"])
+            .returning(InboundMessage.id)
+        )
+        new_id = await session.scalar(statement)
+        if new_id is None:
+            continue
+        new_ids.append(new_id)
+        if first:
+            add_event(
+                session,
+                "inbound.duplicate",
+                actor="ingest",
+                now=now,
+                inbound_id=new_id,
+                reasons=[f"Message-ID {mail.message_id} already stored as message {first}"],
+            )
+    return new_ids
+
+
+async def advance_cursor(
+    session: AsyncSession, mailbox_id: int, cursor: dict[str, Any], now: datetime
+) -> None:
+    await session.execute(
+        update(Mailbox).where(Mailbox.id == mailbox_id).values(cursor=cursor, cursor_updated_at=now)
+    )
+
+
+def _claimable(model: type[InboundMessage] | type[ScheduledTask], now: datetime) -> Any:
+    return and_(model.status == PENDING, model.not_before <= now)
+
+
+async def claim_inbound(
+    session: AsyncSession, owner: str, now: datetime, lease: timedelta, limit: int
+) -> list[int]:
+    """Claim up to *limit* due messages for *owner*, oldest first."""
+    candidates: Select[int] = (
+        select(InboundMessage.id)
+        .where(_claimable(InboundMessage, now))
+        .order_by(InboundMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.scalars(candidates)).all())
+    if ids:
+        await session.execute(
+            update(InboundMessage)
+            .where(InboundMessage.id.in_(ids))
+            .values(status=CLAIMED, claimed_by=owner, claimed_until=now + lease)
+        )
+    return ids
+
+
+async def release_inbound(session: AsyncSession, ids: Sequence[int], owner: str) -> None:
+    """Give back claims that were not worked on (a stop), without counting a failure."""
+    if ids:
+        await session.execute(
+            update(InboundMessage)
+            .where(
+                InboundMessage.id.in_(ids),
+                InboundMessage.status == CLAIMED,
+                InboundMessage.claimed_by == owner,
+            )
+            .values(status=PENDING, claimed_by=None, claimed_until=None)
+        )
+
+
+async def stale_claims(
+    session: AsyncSession, now: datetime, *, all_claims: bool
+) -> list[InboundMessage]:
+    """Rows left claimed by a process that died (all of them, when this is the
+    only process that can hold claims, as on SQLite)."""
+    query = select(InboundMessage).where(InboundMessage.status == CLAIMED)
+    if not all_claims:
+        query = query.where(
+            or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < now)
+        )
+    return list((await session.scalars(query.with_for_update(skip_locked=True))).all())
+
+
+async def schedule(
+    session: AsyncSession,
+    kind: str,
+    not_before: datetime,
+    *,
+    now: datetime,
+    lead_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> ScheduledTask:
+    """Add due work.  With *dedupe_key*, a pending task with the same key is
+    moved to the new time instead of doubled."""
+    if dedupe_key is not None:
+        existing = await session.scalar(
+            select(ScheduledTask).where(ScheduledTask.dedupe_key == dedupe_key)
+        )
+        if existing is not None:
+            existing.not_before = not_before
+            existing.payload = payload or {}
+            existing.status = PENDING
+            existing.attempts = 0
+            existing.done_at = None
+            return existing
+    task = ScheduledTask(
+        kind=kind,
+        lead_id=lead_id,
+        payload=payload or {},
+        dedupe_key=dedupe_key,
+        not_before=not_before,
+        status=PENDING,
+        attempts=0,
+        created_at=now,
+    )
+    session.add(task)
+    return task
+
+
+async def claim_due(
+    session: AsyncSession, owner: str, now: datetime, lease: timedelta, limit: int
+) -> list[int]:
+    candidates: Select[int] = (
+        select(ScheduledTask.id)
+        .where(_claimable(ScheduledTask, now))
+        .order_by(ScheduledTask.not_before, ScheduledTask.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.scalars(candidates)).all())
+    if ids:
+        await session.execute(
+            update(ScheduledTask)
+            .where(ScheduledTask.id.in_(ids))
+            .values(status=CLAIMED, claimed_by=owner, claimed_until=now + lease)
+        )
+    return ids
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(InboundMessage.status, func.count()).group_by(InboundMessage.status)
+    )
+    return {status: count for status, count in rows.tuples()}
