@@ -141,7 +141,6 @@ class DatabaseConfig(SecretSource):
 
 class PipelineConfig(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
-    batch_size: int = Field(default=100, ge=1, le=10_000)
     retry_backoff: Duration = timedelta(seconds=30)
     max_message_size: Size = 25 * 1000**2
 

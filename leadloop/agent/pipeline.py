@@ -121,7 +121,6 @@ class Pipeline:
         max_attempts: int = 3,
         retry_backoff: timedelta = timedelta(seconds=30),
         lease: timedelta = timedelta(minutes=10),
-        batch_size: int = 100,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -131,7 +130,6 @@ class Pipeline:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.lease = lease
-        self.batch_size = batch_size
 
     async def recover(self, *, all_claims: bool) -> int:
         """Return rows left claimed by a crash to pending with attempts + 1
@@ -148,28 +146,29 @@ class Pipeline:
 
     async def run_pending(self, stop: asyncio.Event | None = None) -> RunStats:
         """Process every message that is due now; return when none is left
-        (or, with *stop* set, after the message in hand)."""
+        (or, with *stop* set, after the message in hand).
+
+        Messages are claimed one at a time, so a claim left by a crash always
+        names the message that was in work: recovery counts the failure on it
+        alone, and one message that kills the process cannot drag others into
+        quarantine with it.
+        """
         stats = RunStats()
         while stop is None or not stop.is_set():
             async with self.db.transaction() as session:
                 ids = await repo.claim_inbound(
-                    session, self.owner, self.clock.now(), self.lease, self.batch_size
+                    session, self.owner, self.clock.now(), self.lease, limit=1
                 )
             if not ids:
                 break
-            for index, inbound_id in enumerate(ids):
-                if stop is not None and stop.is_set():
-                    async with self.db.transaction() as session:
-                        await repo.release_inbound(session, ids[index:], self.owner)
-                    return stats
-                status = await self.process(inbound_id)
-                stats.processed += 1
-                if status == repo.DONE:
-                    stats.done += 1
-                elif status == repo.QUARANTINED:
-                    stats.quarantined += 1
-                else:
-                    stats.retried += 1
+            status = await self.process(ids[0])
+            stats.processed += 1
+            if status == repo.DONE:
+                stats.done += 1
+            elif status == repo.QUARANTINED:
+                stats.quarantined += 1
+            else:
+                stats.retried += 1
         return stats
 
     async def process(self, inbound_id: int) -> str:

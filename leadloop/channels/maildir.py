@@ -40,7 +40,7 @@ FLAG_LETTERS = {
 }
 # In "keep" mode the cursor is a change time; mail renamed into new/ while a
 # listing runs can carry a slightly older ctime, so every fetch looks this far
-# back and the database drops what it already has.
+# back, skipping the names the cursor lists as already returned in that window.
 KEEP_MODE_OVERLAP_NS = 2_000_000_000
 
 
@@ -83,14 +83,17 @@ class MaildirInbox:
 
     def _fetch_since(self, cursor: Cursor, limit: int) -> FetchResult:
         new_dir = self.path / "new"
+        keep = self.acknowledge_mode == "keep"
+        newest = int(cursor.get("ctime_ns", 0))
+        # keep mode: names already returned inside the overlap window.
+        recent: dict[str, int] = dict(cursor.get("recent", {})) if keep else {}
         entries: list[tuple[int, str]] = []
-        since = int(cursor.get("ctime_ns", 0)) - KEEP_MODE_OVERLAP_NS
         with os.scandir(new_dir) as listing:
             for entry in listing:
                 if entry.name.startswith(".") or not entry.is_file():
                     continue
                 ctime = entry.stat().st_ctime_ns
-                if self.acknowledge_mode == "keep" and ctime < since:
+                if keep and (ctime < newest - KEEP_MODE_OVERLAP_NS or entry.name in recent):
                     continue
                 entries.append((ctime, entry.name))
         entries.sort()
@@ -109,8 +112,16 @@ class MaildirInbox:
                     token=filename,
                 )
             )
-        newest = max((ctime for ctime, _ in batch), default=int(cursor.get("ctime_ns", 0)))
-        return FetchResult(mails, {"ctime_ns": newest}, more=len(entries) > limit)
+        newest = max([newest, *(ctime for ctime, _ in batch)])
+        next_cursor: Cursor = {"ctime_ns": newest}
+        if keep:
+            recent.update({name: ctime for ctime, name in batch})
+            next_cursor["recent"] = {
+                name: ctime
+                for name, ctime in recent.items()
+                if ctime >= newest - KEEP_MODE_OVERLAP_NS
+            }
+        return FetchResult(mails, next_cursor, more=len(entries) > limit)
 
     async def acknowledge(self, mails: Sequence[RawMail]) -> None:
         if self.acknowledge_mode == "keep" or not mails:

@@ -48,6 +48,7 @@ async def ingest_once(
     """Fetch everything waiting in *inbox*, batch by batch, storing each batch
     and its cursor in one transaction before acknowledging it."""
     stats = IngestStats()
+    fetched: set[str] = set()
     while True:
         async with db.transaction() as session:
             box = await session.get(Mailbox, mailbox_id)
@@ -69,5 +70,11 @@ async def ingest_once(
         await inbox.acknowledge(result.mails)
         if new_ids:
             log.info("mailbox=%s stored=%d fetched=%d", inbox.name, len(new_ids), len(result.mails))
-        if not result.more or not new_ids:
+        # Stop when the channel has nothing more, or hands back a batch already
+        # seen in this call (it is not moving on).  A batch of duplicates is
+        # not a reason to stop: after a crash between commit and acknowledge
+        # the refetched batch is all duplicates and newer mail waits behind it.
+        batch_ids = {mail.source_id for mail in result.mails}
+        if not result.more or batch_ids <= fetched:
             return stats
+        fetched |= batch_ids

@@ -128,6 +128,7 @@ async def _run(
             if await _process(pipeline, db, ids[0], clock):
                 result.failed += 1
             line = await _inbound_line(db, ids[0], path.name)
+            line["at"] = clock.now().isoformat()
         else:
             line = {
                 "file": path.name,
@@ -139,6 +140,7 @@ async def _run(
                 "reasons": ["same file name replayed twice"],
                 "defects": record.defects,
                 "status": repo.DONE,
+                "at": clock.now().isoformat(),
             }
         out.write(json.dumps(line, ensure_ascii=False) + "\n")
         for outbound in await _captured(db):

@@ -148,7 +148,6 @@ class Service:
                 stages=self.stages,
                 max_attempts=settings.pipeline.max_attempts,
                 retry_backoff=settings.pipeline.retry_backoff,
-                batch_size=settings.pipeline.batch_size,
             )
             # On SQLite this is the only daemon (the instance lock), so every
             # claim left in the database is a crashed one.

@@ -107,7 +107,7 @@ async def quarantined(db: Database) -> list[dict[str, Any]]:
                 "attempts": row.attempts,
                 "error": (row.last_error or "").splitlines()[0][:200] if row.last_error else None,
             }
-            for row, mailbox in rows.tuples()
+            for row, mailbox in rows
         ]
 
 

@@ -174,20 +174,6 @@ async def claim_inbound(
     return ids
 
 
-async def release_inbound(session: AsyncSession, ids: Sequence[int], owner: str) -> None:
-    """Give back claims that were not worked on (a stop), without counting a failure."""
-    if ids:
-        await session.execute(
-            update(InboundMessage)
-            .where(
-                InboundMessage.id.in_(ids),
-                InboundMessage.status == CLAIMED,
-                InboundMessage.claimed_by == owner,
-            )
-            .values(status=PENDING, claimed_by=None, claimed_until=None)
-        )
-
-
 async def stale_claims(
     session: AsyncSession, now: datetime, *, all_claims: bool
 ) -> list[InboundMessage]:
@@ -262,4 +248,4 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(
         select(InboundMessage.status, func.count()).group_by(InboundMessage.status)
     )
-    return {status: count for status, count in rows.tuples()}
+    return {status: count for status, count in rows}

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import itertools
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from leadloop.clock import ManualClock
+from leadloop.config import LoadedConfig, loads
+from leadloop.storage.db import Database, open_database
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from postgres import create_database, postgres_cluster
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpus"
+FIXTURES = Path(__file__).parent / "fixtures"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+_db_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_base() -> Iterator[str]:
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A freshly migrated database: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/leadloop.db"
+    else:
+        base = request.getfixturevalue("postgres_base")
+        url = await create_database(base, f"t{next(_db_names)}")
+    database = await open_database(url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(f"sqlite+aiosqlite:///{tmp_path}/leadloop.db")
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[[str], LoadedConfig]:
+    """Load a config from TOML text written into tmp_path (state under tmp_path/var)."""
+
+    def make(text: str = "") -> LoadedConfig:
+        body = textwrap.dedent(text)
+        file = tmp_path / "config.toml"
+        file.write_text(body)
+        return loads(body, file)
+
+    return make

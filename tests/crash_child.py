@@ -1,0 +1,103 @@
+"""Run ``leadloop run --once`` in this process and die by SIGKILL at one point.
+
+Usage: ``python crash_child.py CONFIG CRASHPOINT [CALL]``.  The process kills
+itself on the CALL-th (default first) arrival at CRASHPOINT:
+
+- ``before_commit``: in ingest's transaction, after ``repo.store_inbound``
+  and ``repo.advance_cursor`` ran, before the commit.  It prints how many
+  inbound rows that uncommitted transaction holds.
+- ``before_ack``: on entering ``MaildirInbox.acknowledge``, after the commit,
+  before any file is renamed.
+- ``in_stage``: inside the first stage's ``process``, in the transaction that
+  would commit its result.  It prints the Message-ID of the message in hand.
+
+A real server cannot stop a process at an exact line, so the point is reached
+through a patched function; the database, the Maildir and the migrations are
+the real ones.  Anything printed is flushed before the kill, which loses
+buffered output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+
+from leadloop import config as config_module
+from leadloop.agent import pipeline
+from leadloop.agent.pipeline import Outcome, StageContext
+from leadloop.channels.base import RawMail
+from leadloop.channels.maildir import MaildirInbox
+from leadloop.daemon.service import Service
+from leadloop.storage import repo
+from leadloop.storage.models import InboundMessage
+
+CRASHPOINTS = ("before_commit", "before_ack", "in_stage")
+
+
+def die(report: str) -> None:
+    print(report, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm(crashpoint: str, call: int) -> None:
+    arrivals = 0
+
+    def arrived() -> bool:
+        nonlocal arrivals
+        arrivals += 1
+        return arrivals == call
+
+    if crashpoint == "before_commit":
+        advance_cursor = repo.advance_cursor
+
+        async def advance_then_die(session: Any, *args: Any, **kwargs: Any) -> None:
+            await advance_cursor(session, *args, **kwargs)
+            if arrived():
+                held = await session.scalar(select(func.count()).select_from(InboundMessage))
+                die(f"uncommitted_rows={held}")
+
+        # ingest calls it as repo.advance_cursor, so the module attribute is the hook.
+        repo.advance_cursor = advance_then_die  # type: ignore[assignment]
+    elif crashpoint == "before_ack":
+        acknowledge = MaildirInbox.acknowledge
+
+        async def die_before_acknowledging(self: MaildirInbox, mails: Sequence[RawMail]) -> None:
+            if arrived():
+                die(f"acknowledging={len(mails)}")
+            await acknowledge(self, mails)
+
+        MaildirInbox.acknowledge = die_before_acknowledging  # type: ignore[method-assign]
+    elif crashpoint == "in_stage":
+        first_stage = pipeline.STAGE_NAMES[0]
+        process = pipeline.PassThrough.process
+
+        async def die_in_first_stage(
+            self: pipeline.PassThrough, item: InboundMessage, ctx: StageContext
+        ) -> Outcome:
+            if self.name == first_stage and arrived():
+                die(f"in_work={item.message_id}")
+            return await process(self, item, ctx)
+
+        pipeline.PassThrough.process = die_in_first_stage  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown crashpoint {crashpoint!r}; use one of {CRASHPOINTS}")
+
+
+async def main(config: str, crashpoint: str, call: int) -> None:
+    arm(crashpoint, call)
+    service = Service(config_module.load(config))
+    await service.run(once=True)
+
+
+if __name__ == "__main__":
+    config_file, point = sys.argv[1], sys.argv[2]
+    nth = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    asyncio.run(main(config_file, point, nth))
+    # Reaching here means the crash point was never reached.
+    raise SystemExit(f"crashpoint {point!r} (call {nth}) was not reached")

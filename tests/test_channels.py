@@ -1,0 +1,166 @@
+"""The Inbox contract: every channel passes the same tests (IMAP and Exchange join the
+`channel` fixture's params when they land)."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from leadloop.channels.base import Inbox
+from leadloop.channels.maildir import MaildirInbox
+
+
+@dataclass
+class ChannelUnderTest:
+    inbox: Inbox
+    deliver: Callable[[bytes], Awaitable[None]]
+    """Put a message into the watched folder as a mail server would."""
+    seen: Callable[[], Awaitable[int]]
+    """How many messages the server shows as read."""
+
+
+def message(n: int, subject: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Buyer {n} <buyer{n}@buyer.example>"
+    msg["To"] = "sales@acme.example"
+    msg["Subject"] = subject or f"Question {n}"
+    msg["Message-ID"] = f"<m{n}@buyer.example>"
+    msg.set_content(f"Hello, this is message {n}.\n")
+    return msg.as_bytes()
+
+
+@pytest.fixture(params=["maildir"])
+async def channel(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ChannelUnderTest]:
+    if request.param == "maildir":
+        root = tmp_path / "Maildir"
+        inbox = MaildirInbox("sales", root)
+        await inbox.open()
+        server_view = mailbox.Maildir(root, None, create=True)
+
+        async def deliver(raw: bytes) -> None:
+            server_view.add(raw)
+
+        async def seen() -> int:
+            return sum(1 for name in os.listdir(root / "cur") if name.endswith(",S"))
+
+        yield ChannelUnderTest(inbox, deliver, seen)
+        await inbox.close()
+
+
+async def test_fetch_returns_new_mail_oldest_first_byte_exact(channel: ChannelUnderTest) -> None:
+    """Fetched bytes are exactly what was delivered, in delivery order."""
+    sent = [message(n) for n in range(3)]
+    for raw in sent:
+        await channel.deliver(raw)
+    result = await channel.inbox.fetch_since({}, 100)
+    assert [m.raw for m in result.mails] == sent
+    assert len({m.source_id for m in result.mails}) == 3
+    assert not result.more
+
+
+async def test_fetch_marks_nothing_read_until_acknowledged(channel: ChannelUnderTest) -> None:
+    """Fetching twice without acknowledging returns the same mail; nothing is marked read."""
+    await channel.deliver(message(1))
+    first = await channel.inbox.fetch_since({}, 100)
+    again = await channel.inbox.fetch_since({}, 100)
+    assert [m.source_id for m in again.mails] == [m.source_id for m in first.mails]
+    assert await channel.seen() == 0
+    await channel.inbox.acknowledge(first.mails)
+    assert await channel.seen() == 1
+    after = await channel.inbox.fetch_since(first.cursor, 100)
+    assert after.mails == []
+
+
+async def test_fetch_in_batches(channel: ChannelUnderTest) -> None:
+    """A limit smaller than the waiting mail returns a full batch and says there is more."""
+    for n in range(5):
+        await channel.deliver(message(n))
+    cursor: dict[str, object] = {}
+    got: list[str] = []
+    while True:
+        result = await channel.inbox.fetch_since(cursor, 2)
+        assert len(result.mails) <= 2
+        got.extend(m.source_id for m in result.mails)
+        await channel.inbox.acknowledge(result.mails)
+        cursor = result.cursor
+        if not result.more:
+            break
+    assert len(got) == 5 == len(set(got))
+
+
+async def test_append_and_search_header(channel: ChannelUnderTest) -> None:
+    """A message appended to Sent with flags is found there by its Message-ID."""
+    raw = message(7, subject="Our proposal")
+    source_id = await channel.inbox.append("Sent", raw, ["\\Seen"])
+    assert await channel.inbox.search_header("Sent", "Message-ID", " <M7@buyer.example> ") == [
+        source_id
+    ]
+    assert await channel.inbox.search_header("Sent", "Message-ID", "<other@x>") == []
+    assert await channel.inbox.search_header("NoSuchFolder", "Message-ID", "<m7@x>") == []
+    draft = await channel.inbox.append("Drafts", message(8), ["\\Draft"])
+    assert await channel.inbox.search_header("Drafts", "Subject", "question 8") == [draft]
+    # Filing elsewhere never shows up as new inbound mail.
+    assert (await channel.inbox.fetch_since({}, 100)).mails == []
+
+
+async def test_unknown_flag_refused(channel: ChannelUnderTest) -> None:
+    """A flag the channel cannot store is an error, not silently dropped."""
+    with pytest.raises(ValueError):
+        await channel.inbox.append("Sent", message(1), ["$Custom"])
+
+
+async def test_maildir_move_mode(tmp_path: Path) -> None:
+    """acknowledge = "move" files handled mail into the configured Maildir++ folder."""
+    root = tmp_path / "Maildir"
+    inbox = MaildirInbox("sales", root, acknowledge="move", move_to="Processed")
+    await inbox.open()
+    mailbox.Maildir(root, None, create=True).add(message(1))
+    result = await inbox.fetch_since({}, 10)
+    await inbox.acknowledge(result.mails)
+    assert os.listdir(root / "new") == []
+    assert len(os.listdir(root / ".Processed" / "cur")) == 1
+    assert (await inbox.fetch_since(result.cursor, 10)).mails == []
+
+
+async def test_maildir_keep_mode_uses_cursor(tmp_path: Path) -> None:
+    """acknowledge = "keep" leaves files in new/; the cursor (plus an overlap the database
+    deduplicates) bounds what is fetched again."""
+    root = tmp_path / "Maildir"
+    inbox = MaildirInbox("sales", root, acknowledge="keep")
+    await inbox.open()
+    mailbox.Maildir(root, None, create=True).add(message(1))
+    first = await inbox.fetch_since({}, 10)
+    await inbox.acknowledge(first.mails)
+    assert len(os.listdir(root / "new")) == 1
+    assert first.cursor["ctime_ns"] > 0
+    old = {"ctime_ns": first.cursor["ctime_ns"] + 10**10}
+    assert (await inbox.fetch_since(old, 10)).mails == []
+
+
+async def test_maildir_keep_mode_moves_past_a_burst(tmp_path: Path) -> None:
+    """In keep mode, more mail than one batch arriving within the overlap window is all
+    fetched, each message once."""
+    root = tmp_path / "Maildir"
+    inbox = MaildirInbox("sales", root, acknowledge="keep")
+    await inbox.open()
+    server = mailbox.Maildir(root, None, create=True)
+    for n in range(12):
+        server.add(message(n))
+    cursor: dict[str, object] = {}
+    got: list[str] = []
+    for _ in range(10):
+        result = await inbox.fetch_since(cursor, 5)
+        got.extend(m.source_id for m in result.mails)
+        cursor = result.cursor
+        if not result.more:
+            break
+    assert len(got) == 12 == len(set(got))
+    assert (await inbox.fetch_since(cursor, 5)).mails == []
