@@ -35,7 +35,9 @@ def _setup_logging(level: str = "info") -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Their INFO lines (each migration step, each job run) drown ours.
+    for noisy in ("alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig:

@@ -1,7 +1,7 @@
 """Run ``leadloop run --once`` in this process and die by SIGKILL at one point.
 
-Usage: ``python crash_child.py CONFIG CRASHPOINT [CALL]``.  The process kills
-itself on the CALL-th (default first) arrival at CRASHPOINT:
+Usage: ``python crash_child.py CONFIG CRASHPOINT [CALL [MESSAGE_ID]]``.  The
+process kills itself on the CALL-th (default first) arrival at CRASHPOINT:
 
 - ``before_commit``: in ingest's transaction, after ``repo.store_inbound``
   and ``repo.advance_cursor`` ran, before the commit.  It prints how many
@@ -9,7 +9,8 @@ itself on the CALL-th (default first) arrival at CRASHPOINT:
 - ``before_ack``: on entering ``MaildirInbox.acknowledge``, after the commit,
   before any file is renamed.
 - ``in_stage``: inside the first stage's ``process``, in the transaction that
-  would commit its result.  It prints the Message-ID of the message in hand.
+  would commit its result (only for MESSAGE_ID, when given).  It prints the
+  Message-ID of the message in hand.
 
 A real server cannot stop a process at an exact line, so the point is reached
 through a patched function; the database, the Maildir and the migrations are
@@ -45,7 +46,7 @@ def die(report: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def arm(crashpoint: str, call: int) -> None:
+def arm(crashpoint: str, call: int, target: str | None = None) -> None:
     arrivals = 0
 
     def arrived() -> bool:
@@ -80,7 +81,8 @@ def arm(crashpoint: str, call: int) -> None:
         async def die_in_first_stage(
             self: pipeline.PassThrough, item: InboundMessage, ctx: StageContext
         ) -> Outcome:
-            if self.name == first_stage and arrived():
+            wanted = target is None or item.message_id == target
+            if self.name == first_stage and wanted and arrived():
                 die(f"in_work={item.message_id}")
             return await process(self, item, ctx)
 
@@ -89,8 +91,8 @@ def arm(crashpoint: str, call: int) -> None:
         raise SystemExit(f"unknown crashpoint {crashpoint!r}; use one of {CRASHPOINTS}")
 
 
-async def main(config: str, crashpoint: str, call: int) -> None:
-    arm(crashpoint, call)
+async def main(config: str, crashpoint: str, call: int, target: str | None) -> None:
+    arm(crashpoint, call, target)
     service = Service(config_module.load(config))
     await service.run(once=True)
 
@@ -98,6 +100,7 @@ async def main(config: str, crashpoint: str, call: int) -> None:
 if __name__ == "__main__":
     config_file, point = sys.argv[1], sys.argv[2]
     nth = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-    asyncio.run(main(config_file, point, nth))
+    message_id = sys.argv[4] if len(sys.argv) > 4 else None
+    asyncio.run(main(config_file, point, nth, message_id))
     # Reaching here means the crash point was never reached.
     raise SystemExit(f"crashpoint {point!r} (call {nth}) was not reached")

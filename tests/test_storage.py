@@ -151,3 +151,15 @@ async def test_schedule_dedupe_moves_the_task(db: Database, clock: ManualClock) 
         tasks = (await session.scalars(select(ScheduledTask))).all()
         assert len(tasks) == 1 and tasks[0].not_before == clock.now() + timedelta(days=1)
         assert await repo.claim_due(session, "w", clock.now(), timedelta(minutes=1), 10) == []
+
+
+async def test_same_message_id_twice_in_one_batch(db: Database, clock: ManualClock) -> None:
+    """Two copies of one Message-ID in a single fetch: the second is the duplicate."""
+    async with db.transaction() as session:
+        box = await repo.ensure_mailbox(session, "sales", "maildir", "sales@acme.example")
+        first, second = await repo.store_inbound(
+            session, box.id, [inbound("1", "<twin@x>"), inbound("2", "<twin@x>")], clock.now()
+        )
+    async with db.transaction() as session:
+        row = await session.get(InboundMessage, second)
+        assert row is not None and (row.duplicate_of, row.kind) == (first, "ignored")

@@ -89,14 +89,19 @@ async def store_inbound(
         return []
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    # One lookup per batch for Message-IDs already stored; ids stored earlier
+    # in this same batch are added as they are inserted.
+    first_seen: dict[str, int] = {
+        message_id: first_id
+        for message_id, first_id in await session.execute(
+            select(InboundMessage.message_id, func.min(InboundMessage.id))
+            .where(InboundMessage.message_id.in_({mail.message_id for mail in mails}))
+            .group_by(InboundMessage.message_id)
+        )
+    }
     new_ids: list[int] = []
     for mail in mails:
-        first = await session.scalar(
-            select(InboundMessage.id)
-            .where(InboundMessage.message_id == mail.message_id)
-            .order_by(InboundMessage.id)
-            .limit(1)
-        )
+        first = first_seen.get(mail.message_id)
         statement = (
             insert(InboundMessage)
             .values(
@@ -129,6 +134,7 @@ async def store_inbound(
         if new_id is None:
             continue
         new_ids.append(new_id)
+        first_seen.setdefault(mail.message_id, new_id)
         if first:
             add_event(
                 session,
@@ -160,7 +166,7 @@ async def claim_inbound(
     candidates: Select[int] = (
         select(InboundMessage.id)
         .where(_claimable(InboundMessage, now))
-        .order_by(InboundMessage.id)
+        .order_by(InboundMessage.not_before, InboundMessage.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
