@@ -9,13 +9,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from leadloop import __version__
 from leadloop import config as config_module
 from leadloop.config import ConfigError, LoadedConfig
+
+if TYPE_CHECKING:
+    from leadloop.storage.db import Database
 
 # Exit codes (sysexits.h), so systemd can tell a bad config, which no restart
 # fixes (RestartPreventExitStatus=78), from a database that may come back.
@@ -48,15 +52,21 @@ def _run_async(coro: Awaitable[int]) -> int:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def _database(loaded: LoadedConfig) -> Any:
+@asynccontextmanager
+async def _database(loaded: LoadedConfig) -> AsyncIterator[Database]:
+    """The configured database, migrated, disposed of on the way out."""
     from leadloop.storage.db import open_database
 
     db_settings = loaded.settings.database
-    return await open_database(
+    db = await open_database(
         loaded.database_url,
         pool_size=db_settings.pool_size,
         busy_timeout=db_settings.busy_timeout.total_seconds(),
     )
+    try:
+        yield db
+    finally:
+        await db.dispose()
 
 
 def _progress(total_hint: int) -> Callable[[Iterable[Any]], Iterable[Any]]:
@@ -136,9 +146,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
     async def main() -> int:
-        db = await _database(loaded)
-        await db.dispose()
-        print(f"database is at schema {head_revision()}")
+        async with _database(loaded):
+            print(f"database is at schema {head_revision()}")
         return EXIT_OK
 
     return _run_async(main())
@@ -151,8 +160,7 @@ def cmd_leads_import(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
     async def main() -> int:
-        db = await _database(loaded)
-        try:
+        async with _database(loaded) as db:
             report = await import_leads(
                 db,
                 Path(args.file),
@@ -160,8 +168,6 @@ def cmd_leads_import(args: argparse.Namespace) -> int:
                 actor="admin:cli",
                 progress=_progress(1000),
             )
-        finally:
-            await db.dispose()
         _print_report(report.as_dict(), args.json)
         return EXIT_OK if not report.rejected else EXIT_FAILURE
 
@@ -175,13 +181,10 @@ def cmd_accounts_import(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
     async def main() -> int:
-        db = await _database(loaded)
-        try:
+        async with _database(loaded) as db:
             report = await import_accounts(
                 db, Path(args.file), SystemClock().now(), progress=_progress(1000)
             )
-        finally:
-            await db.dispose()
         _print_report(report.as_dict(), args.json)
         return EXIT_OK if not report.rejected else EXIT_FAILURE
 
@@ -208,11 +211,8 @@ def cmd_leads_list(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
     async def main() -> int:
-        db = await _database(loaded)
-        try:
+        async with _database(loaded) as db:
             leads = await queries.list_leads(db, state=args.state)
-        finally:
-            await db.dispose()
         if args.json:
             for lead in leads:
                 print(json.dumps(lead))
@@ -236,11 +236,8 @@ def cmd_leads_show(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
     async def main() -> int:
-        db = await _database(loaded)
-        try:
+        async with _database(loaded) as db:
             detail = await queries.lead_detail(db, args.email)
-        finally:
-            await db.dispose()
         if detail is None:
             print(f"no lead {args.email}", file=sys.stderr)
             return EXIT_FAILURE
@@ -274,8 +271,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
     async def main() -> int:
-        db = await _database(loaded)
-        try:
+        async with _database(loaded) as db:
             if args.action == "list":
                 rows = await queries.quarantined(db)
                 if args.json:
@@ -311,8 +307,6 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 "`leadloop run` (or now with `leadloop run --once`)"
             )
             return EXIT_OK
-        finally:
-            await db.dispose()
 
     return _run_async(main())
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -155,29 +155,41 @@ async def advance_cursor(
     )
 
 
-def _claimable(model: type[InboundMessage] | type[ScheduledTask], now: datetime) -> Any:
-    return and_(model.status == PENDING, model.not_before <= now)
-
-
-async def claim_inbound(
-    session: AsyncSession, owner: str, now: datetime, lease: timedelta, limit: int
+async def _claim(
+    session: AsyncSession,
+    model: type[InboundMessage] | type[ScheduledTask],
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
 ) -> list[int]:
-    """Claim up to *limit* due messages for *owner*, oldest first."""
+    """Claim up to *limit* due rows of *model* for *owner*, oldest due first.
+
+    ``SKIP LOCKED`` lets several daemons on one PostgreSQL claim side by
+    side; SQLite ignores it (one daemon per file).
+    """
     candidates: Select[int] = (
-        select(InboundMessage.id)
-        .where(_claimable(InboundMessage, now))
-        .order_by(InboundMessage.not_before, InboundMessage.id)
+        select(model.id)
+        .where(model.status == PENDING, model.not_before <= now)
+        .order_by(model.not_before, model.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     ids = list((await session.scalars(candidates)).all())
     if ids:
         await session.execute(
-            update(InboundMessage)
-            .where(InboundMessage.id.in_(ids))
+            update(model)
+            .where(model.id.in_(ids))
             .values(status=CLAIMED, claimed_by=owner, claimed_until=now + lease)
         )
     return ids
+
+
+async def claim_inbound(
+    session: AsyncSession, owner: str, now: datetime, lease: timedelta, limit: int
+) -> list[int]:
+    """Claim up to *limit* stored messages that are due."""
+    return await _claim(session, InboundMessage, owner, now, lease, limit)
 
 
 async def stale_claims(
@@ -233,21 +245,8 @@ async def schedule(
 async def claim_due(
     session: AsyncSession, owner: str, now: datetime, lease: timedelta, limit: int
 ) -> list[int]:
-    candidates: Select[int] = (
-        select(ScheduledTask.id)
-        .where(_claimable(ScheduledTask, now))
-        .order_by(ScheduledTask.not_before, ScheduledTask.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    ids = list((await session.scalars(candidates)).all())
-    if ids:
-        await session.execute(
-            update(ScheduledTask)
-            .where(ScheduledTask.id.in_(ids))
-            .values(status=CLAIMED, claimed_by=owner, claimed_until=now + lease)
-        )
-    return ids
+    """Claim up to *limit* scheduled tasks that are due."""
+    return await _claim(session, ScheduledTask, owner, now, lease, limit)
 
 
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
