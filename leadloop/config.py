@@ -154,16 +154,33 @@ class StaffConfig(_Section):
     domains: list[str] = Field(default_factory=list)
 
 
-class MailboxConfig(_Section):
+class MailboxConfig(SecretSource):
+    """One watched mailbox: a local Maildir, or a folder on an IMAP server."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["maildir"] = "maildir"
+    kind: Literal["maildir", "imap"] = "maildir"
     address: str
     display_name: str = ""
-    path: Path = Path("mail")
     poll_interval: Duration = timedelta(seconds=10)
     fetch_batch: int = Field(default=200, ge=1, le=10_000)
-    acknowledge: Literal["seen", "move", "keep"] = "seen"
+    # "seen" marks read (Maildir: moves to cur/ with S), "keyword" adds
+    # `keyword` (IMAP), "move" files into `move_to`, "keep" changes nothing.
+    acknowledge: Literal["seen", "keyword", "move", "keep"] = "seen"
+    keyword: str = Field(default="$LeadloopStored", pattern=r"^[^\s()\[\]{}%*\"\\]+$")
     move_to: str = "Processed"
+    # maildir
+    path: Path | None = None
+    # imap
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str | None = None
+    auth: Literal["login", "xoauth2"] = "login"
+    folder: str = "INBOX"
+    idle: bool = True
+    timeout: Duration = timedelta(seconds=30)
+    tls_verify: bool = True
+    ca_file: Path | None = None
 
     @field_validator("address")
     @classmethod
@@ -171,6 +188,49 @@ class MailboxConfig(_Section):
         if "@" not in value or value.startswith("@") or value.endswith("@"):
             raise ValueError(f"not an email address: {value!r}")
         return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> MailboxConfig:
+        imap_only = ("host", "port", "username", "ca_file")
+        if self.kind == "maildir":
+            given = [key for key in imap_only if getattr(self, key) is not None]
+            if given or self.has_secret:
+                raise ValueError(f"{', '.join(given) or 'a password'} is for imap mailboxes only")
+            if self.acknowledge == "keyword":
+                raise ValueError('acknowledge = "keyword" needs an imap mailbox')
+            return self
+        if self.path is not None:
+            raise ValueError("path is for maildir mailboxes only")
+        if not self.host:
+            raise ValueError("an imap mailbox needs host")
+        if not self.username:
+            raise ValueError("an imap mailbox needs username")
+        if not self.has_secret:
+            raise ValueError(
+                "an imap mailbox needs password_env, password_file or password_credential"
+                + (" (holding the OAuth2 token)" if self.auth == "xoauth2" else "")
+            )
+        if self.security == "none" and not is_loopback(self.host):
+            raise ValueError(
+                f'security = "none" sends the password in clear text; refused for {self.host} '
+                "(allowed on loopback only)"
+            )
+        if self.fetch_batch > 250:
+            raise ValueError(
+                "fetch_batch above 250 is refused for imap (large FETCH responses "
+                "overflow aioimaplib's parser)"
+            )
+        return self
+
+    @property
+    def maildir_path(self) -> Path:
+        return self.path if self.path is not None else Path("mail")
+
+    @property
+    def imap_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 993 if self.security == "tls" else 143
 
 
 class SmtpConfig(SecretSource):
@@ -247,8 +307,15 @@ class LoadedConfig:
         return path if path.is_absolute() else (self.config_dir / path).resolve()
 
     def secret(self, key: str) -> str | None:
+        """The secret of ``database``, ``smtp`` or ``mailboxes[N]``, if it has one."""
         value = self.secrets.get(key)
         return value.get_secret_value() if value else None
+
+    def mailbox_secret(self, name: str) -> str | None:
+        for index, box in enumerate(self.settings.mailboxes):
+            if box.name == name:
+                return self.secret(f"mailboxes[{index}]")
+        return None
 
     @property
     def database_url(self) -> str:
@@ -300,7 +367,7 @@ def loads(text: str, file: Path) -> LoadedConfig:
             problems.append(problem((*key, exc.field), str(exc)))
             continue
         if value is not None:
-            secrets[".".join(map(str, key))] = SecretStr(value)
+            secrets[tomlpos.format_path(key)] = SecretStr(value)
     if problems:
         raise ConfigError(file, problems)
     return LoadedConfig(file=file, settings=settings, state_dir=state_dir, secrets=secrets)
@@ -362,15 +429,18 @@ def _reserved_senders(settings: Config) -> Iterator[tuple[tomlpos.Path, str]]:
     # A reserved example domain is fine while mail only travels on loopback
     # (tests, demo, a local Maildir); sent through a real server it would be
     # a misconfiguration that bounces or, worse, lands in a stranger's box.
-    if is_loopback(settings.smtp.host):
-        return
     for index, box in enumerate(settings.mailboxes):
-        if is_reserved_domain(box.address):
-            yield (
-                ("mailboxes", index, "address"),
-                f"{box.address!r} is a reserved example domain; "
-                f"it cannot send through {settings.smtp.host}",
-            )
+        if not is_reserved_domain(box.address):
+            continue
+        servers = [settings.smtp.host, *([box.host] if box.host else [])]
+        for host in servers:
+            if not is_loopback(host):
+                yield (
+                    ("mailboxes", index, "address"),
+                    f"{box.address!r} is a reserved example domain; it cannot be used "
+                    f"with the mail server {host}",
+                )
+                break
 
 
 def _state_dir(settings: Config, file: Path) -> Path:
@@ -382,9 +452,11 @@ def _state_dir(settings: Config, file: Path) -> Path:
     return state_dir if state_dir.is_absolute() else (file.parent / state_dir).resolve()
 
 
-def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str, ...], SecretSource]]:
+def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], SecretSource]]:
     yield ("database",), settings.database
     yield ("smtp",), settings.smtp
+    for index, box in enumerate(settings.mailboxes):
+        yield ("mailboxes", index), box
 
 
 class SecretUnavailable(Exception):

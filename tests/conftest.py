@@ -66,3 +66,44 @@ def make_config(tmp_path: Path) -> Callable[[str], LoadedConfig]:
         return loads(body, file)
 
     return make
+
+
+# IMAP servers for the IMAP channel's tests (tests/imap_servers.py).
+from imap_servers import (  # noqa: E402
+    DOVECOT_MISSING,
+    Dovecot,
+    ImapServer,
+    dovecot_installed,
+    dovecot_server,
+    pymap_server,
+)
+
+
+@pytest.fixture
+async def pymap_imap() -> AsyncIterator[ImapServer]:
+    """A fresh in-process pymap server (dict backend) with one user."""
+    async with pymap_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_base() -> Iterator[Dovecot]:
+    """One throwaway Dovecot for the session; fails (no skip) when not installed."""
+    if not dovecot_installed():
+        pytest.fail(DOVECOT_MISSING, pytrace=False)
+    with dovecot_server() as dovecot:
+        yield dovecot
+
+
+@pytest.fixture
+def dovecot_imap(dovecot_base: Dovecot) -> ImapServer:
+    """A fresh user on the session's Dovecot (running again if a test stopped it)."""
+    dovecot_base.start()
+    return dovecot_base.new_user()
+
+
+@pytest.fixture(params=["pymap", "dovecot"])
+def imap_server(request: pytest.FixtureRequest) -> ImapServer:
+    """Each test twice: on pymap (fast) and on Dovecot (the reference)."""
+    server: ImapServer = request.getfixturevalue(f"{request.param}_imap")
+    return server

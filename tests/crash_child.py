@@ -6,7 +6,7 @@ process kills itself on the CALL-th (default first) arrival at CRASHPOINT:
 - ``before_commit``: in ingest's transaction, after ``repo.store_inbound``
   and ``repo.advance_cursor`` ran, before the commit.  It prints how many
   inbound rows that uncommitted transaction holds.
-- ``before_ack``: on entering ``MaildirInbox.acknowledge``, after the commit,
+- ``before_ack``: on entering ``acknowledge`` (Maildir or IMAP), after the commit,
   before any file is renamed.
 - ``in_stage``: inside the first stage's ``process``, in the transaction that
   would commit its result (only for MESSAGE_ID, when given).  It prints the
@@ -33,6 +33,7 @@ from leadloop import config as config_module
 from leadloop.agent import pipeline
 from leadloop.agent.pipeline import Outcome, StageContext
 from leadloop.channels.base import RawMail
+from leadloop.channels.imap import ImapInbox
 from leadloop.channels.maildir import MaildirInbox
 from leadloop.daemon.service import Service
 from leadloop.storage import repo
@@ -44,6 +45,17 @@ CRASHPOINTS = ("before_commit", "before_ack", "in_stage")
 def die(report: str) -> None:
     print(report, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def patch_acknowledge(inbox_class: Any, arrived: Any) -> None:
+    acknowledge = inbox_class.acknowledge
+
+    async def die_before_acknowledging(self: Any, mails: Sequence[RawMail]) -> None:
+        if arrived():
+            die(f"acknowledging={len(mails)}")
+        await acknowledge(self, mails)
+
+    inbox_class.acknowledge = die_before_acknowledging
 
 
 def arm(crashpoint: str, call: int, target: str | None = None) -> None:
@@ -66,14 +78,8 @@ def arm(crashpoint: str, call: int, target: str | None = None) -> None:
         # ingest calls it as repo.advance_cursor, so the module attribute is the hook.
         repo.advance_cursor = advance_then_die  # type: ignore[assignment]
     elif crashpoint == "before_ack":
-        acknowledge = MaildirInbox.acknowledge
-
-        async def die_before_acknowledging(self: MaildirInbox, mails: Sequence[RawMail]) -> None:
-            if arrived():
-                die(f"acknowledging={len(mails)}")
-            await acknowledge(self, mails)
-
-        MaildirInbox.acknowledge = die_before_acknowledging  # type: ignore[method-assign]
+        for inbox_class in (MaildirInbox, ImapInbox):
+            patch_acknowledge(inbox_class, arrived)
     elif crashpoint == "in_stage":
         first_stage = pipeline.STAGE_NAMES[0]
         process = pipeline.PassThrough.process

@@ -1,18 +1,21 @@
-"""The Inbox contract: every channel passes the same tests (IMAP and Exchange join the
-`channel` fixture's params when they land)."""
+"""The Inbox contract: every channel passes the same tests, on real servers (Exchange
+joins the `channel` fixture's params when it lands)."""
 
 from __future__ import annotations
 
 import mailbox
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from imap_servers import ImapServer, pymap_server
 
 from leadloop.channels.base import Inbox
+from leadloop.channels.imap import ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
 
 
@@ -32,10 +35,28 @@ def message(n: int, subject: str | None = None) -> bytes:
     msg["Subject"] = subject or f"Question {n}"
     msg["Message-ID"] = f"<m{n}@buyer.example>"
     msg.set_content(f"Hello, this is message {n}.\n")
-    return msg.as_bytes()
+    # Mail on the wire is CRLF (RFC 5322), and IMAP servers hand it back that way.
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-@pytest.fixture(params=["maildir"])
+def imap_inbox(server: ImapServer, **overrides: object) -> ImapInbox:
+    """An ImapInbox logged in to *server* (plain IMAP: the test servers are on loopback)."""
+    settings = ImapSettings(
+        host=server.host,
+        port=server.port,
+        security="none",
+        username=server.user,
+        timeout=5.0,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+    async def secret() -> str:
+        return server.password
+
+    return ImapInbox("sales", settings, secret)
+
+
+@pytest.fixture(params=["maildir", "imap-pymap", "imap-dovecot"])
 async def channel(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ChannelUnderTest]:
@@ -53,6 +74,31 @@ async def channel(
 
         yield ChannelUnderTest(inbox, deliver, seen)
         await inbox.close()
+    elif request.param == "imap-pymap":
+        # pymap runs on this test's event loop, so it starts here rather than
+        # through its (async) fixture.
+        async with pymap_server() as server, imap_channel(server) as under_test:
+            yield under_test
+    else:
+        async with imap_channel(request.getfixturevalue("dovecot_imap")) as under_test:
+            yield under_test
+
+
+@asynccontextmanager
+async def imap_channel(server: ImapServer) -> AsyncIterator[ChannelUnderTest]:
+    imap = imap_inbox(server)
+    await imap.open()
+
+    async def deliver(raw: bytes) -> None:
+        await server.deliver(raw)
+
+    async def seen() -> int:
+        return await server.seen_count()
+
+    try:
+        yield ChannelUnderTest(imap, deliver, seen)
+    finally:
+        await imap.close()
 
 
 async def test_fetch_returns_new_mail_oldest_first_byte_exact(channel: ChannelUnderTest) -> None:
@@ -111,10 +157,12 @@ async def test_append_and_search_header(channel: ChannelUnderTest) -> None:
     assert (await channel.inbox.fetch_since({}, 100)).mails == []
 
 
-async def test_unknown_flag_refused(channel: ChannelUnderTest) -> None:
-    """A flag the channel cannot store is an error, not silently dropped."""
+async def test_unknown_flag_refused(tmp_path: Path) -> None:
+    """A flag a Maildir cannot store is an error, not silently dropped."""
+    inbox = MaildirInbox("sales", tmp_path / "Maildir")
+    await inbox.open()
     with pytest.raises(ValueError):
-        await channel.inbox.append("Sent", message(1), ["$Custom"])
+        await inbox.append("Sent", message(1), ["$Custom"])
 
 
 async def test_maildir_move_mode(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def test_defaults_and_relative_paths(
     """Relative data paths resolve against the state directory, itself against the file."""
     loaded = make_config(MAILBOX)
     assert loaded.state_dir == (tmp_path / "var").resolve()
-    assert loaded.data_path(loaded.settings.mailboxes[0].path) == tmp_path / "var" / "mail"
+    assert loaded.data_path(loaded.settings.mailboxes[0].maildir_path) == tmp_path / "var" / "mail"
     assert loaded.database_url == f"sqlite+aiosqlite:///{tmp_path}/var/leadloop.db"
     assert loaded.settings.pipeline.max_attempts == 3
     assert loaded.settings.mailboxes[0].poll_interval == timedelta(seconds=10)
@@ -229,3 +229,67 @@ def test_run_with_bad_config_exits_78(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert "mailboxes[0].address: required key is missing" in result.stderr
     assert not (tmp_path / "var").exists()
+
+
+IMAP = """
+[[mailboxes]]
+name = "sales"
+kind = "imap"
+address = "sales@acme-corp.com"
+host = "imap.acme-corp.com"
+username = "sales"
+password_env = "LEADLOOP_TEST_IMAP"
+"""
+
+
+def test_imap_mailbox(
+    make_config: Callable[[str], LoadedConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An imap mailbox takes host, TLS by default on 993, and its own secret."""
+    monkeypatch.setenv("LEADLOOP_TEST_IMAP", "pw")
+    loaded = make_config(IMAP)
+    box = loaded.settings.mailboxes[0]
+    assert (box.security, box.imap_port, box.folder, box.idle) == ("tls", 993, "INBOX", True)
+    assert loaded.mailbox_secret("sales") == "pw"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ('host = "imap.acme-corp.com"\n', "needs host"),
+        ('password_env = "LEADLOOP_TEST_IMAP"\n', "needs password_env"),
+    ],
+)
+def test_imap_mailbox_requirements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str, expected: str
+) -> None:
+    """Missing host or secret is an error at the mailbox's line."""
+    monkeypatch.setenv("LEADLOOP_TEST_IMAP", "pw")
+    [(path, line, message)] = problems(IMAP.replace(edit, ""), tmp_path)
+    assert (path, line) == ("mailboxes[0]", 2)
+    assert expected in message
+
+
+def test_plain_imap_refused_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """security = "none" is refused unless the server is on loopback."""
+    monkeypatch.setenv("LEADLOOP_TEST_IMAP", "pw")
+    [(_, _, message)] = problems(IMAP + 'security = "none"\n', tmp_path)
+    assert "clear text" in message
+    local = IMAP.replace("imap.acme-corp.com", "127.0.0.1") + 'security = "none"\n'
+    (tmp_path / "ok.toml").write_text(local)
+    assert load(tmp_path / "ok.toml").settings.mailboxes[0].imap_port == 143
+
+
+def test_imap_reserved_sender_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reserved example domain cannot be the address of a mailbox on a real server."""
+    monkeypatch.setenv("LEADLOOP_TEST_IMAP", "pw")
+    text = IMAP.replace("sales@acme-corp.com", "sales@example.com")
+    [(path, _, message)] = problems(text, tmp_path)
+    assert path == "mailboxes[0].address" and "imap.acme-corp.com" in message
+
+
+def test_maildir_refuses_imap_keys(tmp_path: Path) -> None:
+    """Keys of the other kind are errors, not silently ignored."""
+    text = MAILBOX + 'host = "imap.acme-corp.com"\n'
+    [(path, _, message)] = problems(text, tmp_path)
+    assert path == "mailboxes[0]" and "host is for imap mailboxes only" in message

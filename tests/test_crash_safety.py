@@ -7,6 +7,7 @@ itself at one point of a message's life, then restarts with ``leadloop run
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import T0
+from imap_servers import ImapServer
 
 CHILD = Path(__file__).with_name("crash_child.py")
 MESSAGES = 20
@@ -231,3 +233,54 @@ def test_a_message_that_kills_the_daemon_three_times_is_quarantined_alone(
     outcome = {row["message_id"]: (row["status"], row["attempts"]) for row in rows}
     assert outcome.pop(poison) == ("quarantined", 3)
     assert set(outcome.values()) == {("done", 0)}
+
+
+@pytest.mark.parametrize("crashpoint", ["before_commit", "before_ack"])
+def test_imap_kill_mid_batch_loses_and_doubles_nothing(
+    tmp_path: Path, dovecot_imap: ImapServer, crashpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Dovecot, a kill in the second of four batches (before its commit, or after it
+    and before the \\Seen flags) leaves, after a restart, every mail stored once and seen."""
+    monkeypatch.setenv("LEADLOOP_TEST_IMAP_PASSWORD", dovecot_imap.password)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            [service]
+            log_level = "warning"
+
+            [[mailboxes]]
+            name = "sales"
+            kind = "imap"
+            address = "sales@acme.example"
+            host = "{dovecot_imap.host}"
+            port = {dovecot_imap.port}
+            security = "none"
+            username = "{dovecot_imap.user}"
+            password_env = "LEADLOOP_TEST_IMAP_PASSWORD"
+            fetch_batch = 5
+            idle = false
+            """
+        )
+    )
+    message_ids = []
+    for number in range(MESSAGES):
+        message = EmailMessage()
+        message["From"] = f"buyer{number}@customer.example"
+        message["To"] = "sales@acme.example"
+        message["Subject"] = f"Question {number}"
+        message["Message-ID"] = f"<imap-crash-{number}@customer.example>"
+        message.set_content("Hello.\n")
+        asyncio.run(dovecot_imap.deliver(message.as_bytes()))
+        message_ids.append(message["Message-ID"])
+    site = Site(config, tmp_path / "var", message_ids)
+
+    report = crash(site, crashpoint, 2)
+
+    assert report in ("uncommitted_rows=10", "acknowledging=5")
+    assert asyncio.run(dovecot_imap.seen_count()) == 5
+    restart(site)
+    rows = site.rows()
+    assert Counter(row["message_id"] for row in rows) == Counter(message_ids)
+    assert {row["status"] for row in rows} == {"done"}
+    assert asyncio.run(dovecot_imap.seen_count()) == MESSAGES

@@ -54,6 +54,14 @@ async def ingest_once(
             box = await session.get(Mailbox, mailbox_id)
             assert box is not None
             cursor = dict(box.cursor or {})
+            unacknowledged = list(box.pending_acks or [])
+        if unacknowledged:
+            # A crash came between a commit and its acknowledgement; the cursor
+            # is past that mail, so acknowledge it from the record.
+            await inbox.acknowledge([RawMail(source_id=s, raw=b"") for s in unacknowledged])
+            async with db.transaction() as session:
+                await repo.clear_pending_acks(session, mailbox_id)
+            log.info("mailbox=%s acknowledged %d left over", inbox.name, len(unacknowledged))
         result = await inbox.fetch_since(cursor, batch)
         if not result.mails and result.cursor == cursor:
             return stats
@@ -63,11 +71,20 @@ async def ingest_once(
         # acknowledged, so the next fetch returns the same mail.
         async with db.transaction() as session:
             new_ids = await repo.store_inbound(session, mailbox_id, records, clock.now())
-            await repo.advance_cursor(session, mailbox_id, result.cursor, clock.now())
+            await repo.advance_cursor(
+                session,
+                mailbox_id,
+                result.cursor,
+                clock.now(),
+                pending_acks=[mail.source_id for mail in result.mails],
+            )
         stats.stored += len(new_ids)
-        # Crash window: stored but not acknowledged; the refetch is dropped
-        # as a duplicate by (mailbox, source_id) and acknowledged then.
+        # Crash window: stored but not acknowledged.  The next run
+        # acknowledges the recorded pending_acks (and a channel that shows the
+        # mail again, like Maildir's new/, has it dropped as a duplicate).
         await inbox.acknowledge(result.mails)
+        async with db.transaction() as session:
+            await repo.clear_pending_acks(session, mailbox_id)
         if new_ids:
             log.info("mailbox=%s stored=%d fetched=%d", inbox.name, len(new_ids), len(result.mails))
         # Stop when the channel has nothing more, or hands back a batch already

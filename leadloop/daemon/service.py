@@ -13,8 +13,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -24,7 +26,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from leadloop import config as config_module
 from leadloop.agent.due import run_due
 from leadloop.agent.pipeline import Pipeline, Stage
-from leadloop.channels.base import ChannelError, Inbox
+from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
+from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
 from leadloop.clock import Clock, SystemClock
 from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
@@ -42,15 +45,46 @@ class AlreadyRunning(Exception):
     """Another leadloop holds this state directory's instance lock."""
 
 
+# Reconnect backoff: 1 s doubling to 5 minutes, with jitter so that many
+# mailboxes on one server do not retry in step.  After the third refused
+# login, at most one login per 5 minutes, so the server never locks us out.
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 300.0
+AUTH_FAILURES_BEFORE_SLOWDOWN = 3
+
+
 def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
     if box.kind == "maildir":
         return MaildirInbox(
             box.name,
-            loaded.data_path(box.path),
+            loaded.data_path(box.maildir_path),
             acknowledge=box.acknowledge,
             move_to=box.move_to,
         )
-    raise ValueError(f"mailbox kind {box.kind!r} is not available")
+    assert box.host is not None and box.username is not None
+
+    async def secret() -> str:
+        value = loaded.mailbox_secret(box.name)
+        if value is None:
+            raise AuthError(f"mailbox {box.name} has no password or token")
+        return value
+
+    settings = ImapSettings(
+        host=box.host,
+        port=box.imap_port,
+        security=box.security,
+        username=box.username,
+        auth=box.auth,
+        folder=box.folder,
+        acknowledge=box.acknowledge,
+        keyword=box.keyword,
+        move_to=box.move_to,
+        idle=box.idle,
+        timeout=box.timeout.total_seconds(),
+        tls_verify=box.tls_verify,
+        ca_file=loaded.input_path(box.ca_file) if box.ca_file else None,
+    )
+    return ImapInbox(box.name, settings, secret)
 
 
 @dataclass
@@ -62,7 +96,29 @@ class Watcher:
     mailbox_id: int
     opened: bool = False
     failing: str | None = None
+    failures: int = 0
+    auth_failures: int = 0
+    retry_at: float = 0.0
+    again: bool = False
+    listener: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while the last poll succeeded: the IDLE listener logs in only then,
+    so a refused password is tried by one connection, not two."""
+
+    def backoff(self, exc: ChannelError) -> float:
+        """Count a failure and return how long to wait before the next try."""
+        self.failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (self.failures - 1))
+        if isinstance(exc, AuthError):
+            self.auth_failures += 1
+            if self.auth_failures >= AUTH_FAILURES_BEFORE_SLOWDOWN:
+                return BACKOFF_MAX
+        return delay * random.uniform(0.8, 1.2)
+
+    def recovered(self) -> None:
+        self.failures = self.auth_failures = 0
+        self.retry_at = 0.0
 
 
 class InstanceLock:
@@ -169,6 +225,8 @@ class Service:
         for name in list(self.watchers):
             if name not in wanted or wanted[name] != self.watchers[name].config:
                 watcher = self.watchers.pop(name)
+                if watcher.listener is not None:
+                    watcher.listener.cancel()
                 await watcher.inbox.close()
         for name, box in wanted.items():
             if name in self.watchers:
@@ -176,6 +234,8 @@ class Service:
             async with self.db.transaction() as session:
                 row = await repo.ensure_mailbox(session, box.name, box.kind, box.address)
             self.watchers[name] = Watcher(box, build_inbox(box, self.loaded), row.id)
+            if self.scheduler is not None:  # running: a reload added or changed it
+                self._start_watcher(self.watchers[name])
 
     async def run(self, *, once: bool = False) -> None:
         """Start, work until stopped (or, with *once*, until nothing is left), stop."""
@@ -188,7 +248,7 @@ class Service:
             self._start_scheduler()
             runner = self.tasks.start(self._runner(), "stage-runner")
             for watcher in self.watchers.values():
-                self.tasks.start(self.poll(watcher), f"poll-{watcher.config.name}")
+                self._start_watcher(watcher)
             await self.stop_event.wait()
             log.info("stopping: finishing the message in hand")
             if self.scheduler is not None:
@@ -212,6 +272,12 @@ class Service:
             await self.poll(watcher)
         await run_due(self.db, self.clock.now(), owner=self.owner)
         await self.pipeline.run_pending()
+
+    def _start_watcher(self, watcher: Watcher) -> None:
+        name = watcher.config.name
+        self.tasks.start(self.poll(watcher), f"poll-{name}")
+        if isinstance(watcher.inbox, ImapInbox) and watcher.inbox.can_push:
+            watcher.listener = self.tasks.start(self.listen(watcher), f"idle-{name}")
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -255,7 +321,9 @@ class Service:
                 args=[watcher],
                 seconds=watcher.config.poll_interval.total_seconds(),
                 id=f"poll-{watcher.config.name}",
-                max_instances=1,
+                # poll() itself folds overlapping calls into one; a second
+                # instance only marks that another round is wanted.
+                max_instances=2,
                 coalesce=True,
             )
 
@@ -275,35 +343,106 @@ class Service:
         self.wake.set()
 
     async def poll(self, watcher: Watcher) -> None:
-        """Fetch one mailbox.  One failing mailbox never stops the others:
-        its error is logged once, and its recovery once."""
-        if self.stop_event.is_set() or watcher.lock.locked():
+        """Fetch one mailbox.  One failing mailbox never stops the others: it
+        backs off on its own, and its outage and recovery are each logged once.
+
+        A poll asked for while one runs (an IDLE push during a scheduled poll)
+        is not dropped: the running one goes round again."""
+        if self.stop_event.is_set():
+            return
+        if watcher.lock.locked():
+            watcher.again = True
             return
         assert self.db is not None
         async with watcher.lock:
-            try:
-                if not watcher.opened:
-                    await watcher.inbox.open()
-                    watcher.opened = True
-                stats = await ingest_once(
-                    self.db,
-                    watcher.inbox,
-                    watcher.mailbox_id,
-                    self.clock,
-                    batch=watcher.config.fetch_batch,
-                    max_size=self.loaded.settings.pipeline.max_message_size,
+            watcher.again = True
+            while watcher.again and not self.stop_event.is_set():
+                watcher.again = False
+                if time.monotonic() < watcher.retry_at:
+                    return
+                try:
+                    if not watcher.opened:
+                        await watcher.inbox.open()
+                        watcher.opened = True
+                    stats = await ingest_once(
+                        self.db,
+                        watcher.inbox,
+                        watcher.mailbox_id,
+                        self.clock,
+                        batch=watcher.config.fetch_batch,
+                        max_size=self.loaded.settings.pipeline.max_message_size,
+                    )
+                except ChannelError as exc:
+                    await self._mailbox_failed(watcher, exc)
+                    return
+                except OSError as exc:
+                    await self._mailbox_failed(watcher, TransientChannelError(str(exc)))
+                    return
+                watcher.ready.set()
+                if watcher.failing is not None:
+                    await self._mailbox_recovered(watcher)
+                if stats.stored:
+                    self.wake.set()
+
+    async def _mailbox_failed(self, watcher: Watcher, exc: ChannelError) -> None:
+        watcher.ready.clear()
+        delay = watcher.backoff(exc)
+        watcher.retry_at = time.monotonic() + delay
+        watcher.opened = False
+        with contextlib.suppress(Exception):
+            await watcher.inbox.close()
+        if watcher.failing is not None:
+            log.debug("mailbox=%s still unavailable: %s", watcher.config.name, exc)
+            return
+        watcher.failing = str(exc)
+        is_auth = isinstance(exc, AuthError)
+        log.error(
+            "mailbox=%s %s: %s; retrying with backoff",
+            watcher.config.name,
+            "login refused" if is_auth else "unavailable",
+            exc,
+        )
+        # An alert: a system problem, no lead's fault (DESIGN.md).  The
+        # notifier that mails [alerts] comes later; the event row is its input.
+        await self._alert(
+            "alert.mailbox_auth" if is_auth else "alert.mailbox_down",
+            f"mailbox {watcher.config.name}: {exc}",
+        )
+
+    async def _mailbox_recovered(self, watcher: Watcher) -> None:
+        log.info("mailbox=%s recovered", watcher.config.name)
+        await self._alert("alert.mailbox_recovered", f"mailbox {watcher.config.name} recovered")
+        watcher.failing = None
+        watcher.recovered()
+
+    async def _alert(self, kind: str, reason: str) -> None:
+        assert self.db is not None
+        try:
+            async with self.db.transaction() as session:
+                repo.add_event(
+                    session, kind, actor="daemon", now=self.clock.now(), reasons=[reason]
                 )
-            except (ChannelError, OSError) as exc:
-                if watcher.failing != str(exc):
-                    log.error("mailbox=%s unavailable: %s", watcher.config.name, exc)
-                watcher.failing = str(exc)
-                watcher.opened = False
-                return
-            if watcher.failing is not None:
-                log.info("mailbox=%s recovered", watcher.config.name)
-                watcher.failing = None
-            if stats.stored:
-                self.wake.set()
+        except Exception:
+            log.exception("could not record %s", kind)
+
+    async def listen(self, watcher: Watcher) -> None:
+        """Wait for the server to push new mail (IMAP IDLE) and poll at once
+        when it does; the scheduler's interval poll stays as the safety net."""
+        inbox = watcher.inbox
+        assert isinstance(inbox, ImapInbox)
+        while not self.stop_event.is_set():
+            await watcher.ready.wait()
+            try:
+                changed = await inbox.wait_for_mail(IDLE_MAX_SECONDS)
+            except ChannelError as exc:
+                if self.stop_event.is_set():
+                    return
+                await self._mailbox_failed(watcher, exc)
+                continue
+            if changed:
+                await self.poll(watcher)
+            elif not inbox.can_push:
+                return  # the server has no IDLE: the interval poll does the work
 
     async def _runner(self) -> None:
         assert self.pipeline is not None

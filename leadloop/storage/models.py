@@ -127,6 +127,9 @@ class Mailbox(Base):
     address: Mapped[str] = mapped_column(String(320))
     cursor: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cursor_updated_at: Mapped[datetime | None]
+    pending_acks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Source ids stored but not yet acknowledged on the server; committed with
+    the rows, cleared after the acknowledgement, redone after a crash."""
 
 
 class MailThread(Base):

@@ -68,7 +68,7 @@ def add_event(
 async def ensure_mailbox(session: AsyncSession, name: str, kind: str, address: str) -> Mailbox:
     box = await session.scalar(select(Mailbox).where(Mailbox.name == name))
     if box is None:
-        box = Mailbox(name=name, kind=kind, address=address, cursor={})
+        box = Mailbox(name=name, kind=kind, address=address, cursor={}, pending_acks=[])
         session.add(box)
         await session.flush()
     elif (box.kind, box.address) != (kind, address):
@@ -148,11 +148,24 @@ async def store_inbound(
 
 
 async def advance_cursor(
-    session: AsyncSession, mailbox_id: int, cursor: dict[str, Any], now: datetime
+    session: AsyncSession,
+    mailbox_id: int,
+    cursor: dict[str, Any],
+    now: datetime,
+    *,
+    pending_acks: Sequence[str] = (),
 ) -> None:
+    """Move the mailbox's cursor, noting which fetched mail still awaits its
+    acknowledgement on the server."""
     await session.execute(
-        update(Mailbox).where(Mailbox.id == mailbox_id).values(cursor=cursor, cursor_updated_at=now)
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id)
+        .values(cursor=cursor, cursor_updated_at=now, pending_acks=list(pending_acks))
     )
+
+
+async def clear_pending_acks(session: AsyncSession, mailbox_id: int) -> None:
+    await session.execute(update(Mailbox).where(Mailbox.id == mailbox_id).values(pending_acks=[]))
 
 
 async def _claim(

@@ -37,6 +37,7 @@ def upgrade() -> None:
     sa.Column('address', sa.String(length=320), nullable=False),
     sa.Column('cursor', sa.JSON(), nullable=False),
     sa.Column('cursor_updated_at', sa.DateTime(), nullable=True),
+    sa.Column('pending_acks', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mailboxes')),
     sa.UniqueConstraint('name', name=op.f('uq_mailboxes_name'))
     )

@@ -1,0 +1,660 @@
+"""Throwaway IMAP servers on loopback for the IMAP channel's tests.
+
+Two servers, one interface (:class:`ImapServer`):
+
+* **pymap** (:func:`pymap_server`): pymap's in-memory ``dict`` backend running
+  *in-process* on the test's event loop, on a random loopback port.  Starts in
+  a few milliseconds; passwords are stored in clear text (pysasl's
+  ``Cleartext``) so LOGIN does not pay pymap's default ~200 ms PBKDF2.  pymap
+  has no SPECIAL-USE support of its own; this module adds the ``\\Sent`` and
+  ``\\Drafts`` LIST attributes and the ``SPECIAL-USE`` capability.
+* **Dovecot** (:func:`dovecot_server`): the production reference, as an
+  unprivileged throwaway instance with its config, sockets, state, log and
+  Maildirs in a ``tempfile.mkdtemp()`` directory (mode 0755, *not* pytest's
+  0700 ``tmp_path``).  Slower to stop (~1 s), so the fixtures share one
+  instance per session and give every test its own user (:meth:`Dovecot.new_user`).
+
+Every helper on :class:`ImapServer` (``deliver``, ``seen_count``, ...) opens
+its own aioimaplib connection, as another client or the MTA would, and logs
+out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import itertools
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from argparse import Namespace
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioimaplib
+
+HOST = "127.0.0.1"
+DOVECOT_MISSING = (
+    "Dovecot is not installed (no `dovecot`/`doveadm` in PATH or /usr/sbin): "
+    "run `apt-get install -y dovecot-imapd` (CI's .ci/run does)"
+)
+# Dovecot, with auth_verbose = yes, logs one line per rejected LOGIN, e.g.
+#   Nov 21 22:02:18 auth: Info: passwd-file(alice,127.0.0.1,<sr+tg9Bg/uZ/AAAB>): Password mismatch
+#   Nov 21 22:02:18 auth: Info: passwd-file(nosuch,127.0.0.1,<...>): unknown user
+_AUTH_FAILED = re.compile(
+    r" auth: Info: passwd-file\((?P<user>[^,)]*)[,)].*: (?:Password mismatch|unknown user)$"
+)
+_users = itertools.count(1)
+USER_BATCH = 500  # Dovecot accounts written to the passwd-file at a time
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _quote(mailbox: str) -> str:
+    """An IMAP quoted string: aioimaplib sends mailbox arguments verbatim."""
+    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check(response: Any, what: str) -> Any:
+    if response.result != "OK":
+        raise AssertionError(f"IMAP {what} failed: {response.result} {response.lines!r}")
+    return response
+
+
+async def _examine(client: aioimaplib.IMAP4, folder: str) -> Any:
+    """EXAMINE *folder*: selected, read-only (no \\Seen or \\Recent changes).
+
+    aioimaplib 2.0.3 only moves to SELECTED state on SELECT, and refuses UID
+    commands otherwise; EXAMINE selects too (RFC 3501 6.3.2), so say so.
+    """
+    response = _check(await client.examine(_quote(folder)), "EXAMINE")
+    client.protocol.state = aioimaplib.SELECTED
+    return response
+
+
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_UID = re.compile(rb"UID (\d+)")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+
+
+@dataclass
+class ImapServer:
+    """One IMAP account on a running test server.
+
+    ``kind`` is ``"pymap"`` or ``"dovecot"``.  For Dovecot, ``log_path`` is the
+    server's log file (shared by all users of the session's instance).
+    """
+
+    host: str
+    port: int
+    user: str
+    password: str
+    kind: str
+    log_path: Path | None = None
+    _dovecot: Dovecot | None = field(default=None, repr=False, compare=False)
+    _pymap: _Pymap | None = field(default=None, repr=False, compare=False)
+
+    # -- connections ---------------------------------------------------------
+
+    async def connect(self, *, login: bool = True, command_timeout: float = 10) -> aioimaplib.IMAP4:
+        """A new aioimaplib client, greeted and (by default) logged in."""
+        client = aioimaplib.IMAP4(self.host, self.port, timeout=command_timeout)
+        await client.wait_hello_from_server()
+        if login:
+            _check(await client.login(self.user, self.password), "LOGIN")
+        return client
+
+    @asynccontextmanager
+    async def session(self, *, command_timeout: float = 10) -> AsyncIterator[aioimaplib.IMAP4]:
+        """``async with server.session() as client:`` logged in, logged out after."""
+        client = await self.connect(command_timeout=command_timeout)
+        try:
+            yield client
+        finally:
+            with suppress(Exception):
+                await client.logout()
+
+    # -- what another client / the MTA does ----------------------------------
+
+    async def deliver(self, raw: bytes, folder: str = "INBOX", flags: Iterable[str] = ()) -> None:
+        """APPEND *raw* to *folder* (with *flags*, e.g. ``["\\\\Seen"]``)."""
+        flag_list = " ".join(flags)
+        async with self.session() as client:
+            response = await client.append(
+                raw, mailbox=_quote(folder), flags=f"({flag_list})" if flag_list else None
+            )
+            _check(response, "APPEND")
+
+    async def create_folder(self, name: str) -> None:
+        async with self.session() as client:
+            _check(await client.create(_quote(name)), "CREATE")
+
+    async def flags_of(self, folder: str = "INBOX") -> dict[int, set[str]]:
+        """UID -> permanent flags, read through EXAMINE (changes neither \\Seen
+        nor \\Recent).  ``\\Recent`` is a per-session flag and left out."""
+        result: dict[int, set[str]] = {}
+        async with self.session() as client:
+            examined = await _examine(client, folder)
+            uidnext = next(
+                int(m.group(1)) for line in examined.lines if (m := _UIDNEXT.search(line))
+            )
+            # Batches: aioimaplib 2.0.3 hits RecursionError on one huge FETCH.
+            for start in range(1, uidnext, 200):
+                stop = min(start + 199, uidnext - 1)
+                response = _check(
+                    await client.uid("fetch", f"{start}:{stop}", "(UID FLAGS)"), "UID FETCH"
+                )
+                for line in response.lines:
+                    uid, flags = _UID.search(line), _FLAGS.search(line)
+                    if isinstance(line, bytes) and uid and flags:
+                        names = flags.group(1).decode().split()
+                        result[int(uid.group(1))] = {f for f in names if f != "\\Recent"}
+        return result
+
+    async def seen_count(self, folder: str = "INBOX") -> int:
+        """How many messages in *folder* carry \\Seen (read through EXAMINE)."""
+        async with self.session() as client:
+            await _examine(client, folder)
+            response = _check(await client.uid_search("SEEN", charset=None), "UID SEARCH")
+        # aioimaplib strips "* SEARCH": lines are [b"1 2 3", b"UID SEARCH completed."]
+        return sum(token.isdigit() for line in response.lines[:-1] for token in line.split())
+
+    # -- server-side levers ---------------------------------------------------
+
+    def change_uidvalidity(self, folder: str = "INBOX", value: int | None = None) -> int:
+        """Give *folder* a new UIDVALIDITY (default: old + 1); return it.
+
+        Dovecot: ``doveadm mailbox update -u USER --uid-validity N MAILBOX``.
+        pymap: sets the dict backend's (private) ``_uid_validity``; UIDs stay.
+        """
+        if self._dovecot is not None:
+            return self._dovecot.change_uidvalidity(self.user, folder, value)
+        assert self._pymap is not None
+        return self._pymap.change_uidvalidity(self.user, folder, value)
+
+    def stop(self) -> None:
+        """Take the Dovecot instance down (drops every connection).  Blocking,
+        ~1 s: from async code, ``await asyncio.to_thread(server.stop)``."""
+        self._require_dovecot("stop()").stop()
+
+    def start(self) -> None:
+        """Bring a stopped Dovecot instance back on the same port."""
+        self._require_dovecot("start()").start()
+
+    def auth_failures(self) -> int:
+        """Rejected logins for this server's user so far.
+
+        Dovecot: ``Password mismatch`` / ``unknown user`` lines for the user
+        in the log.  pymap logs nothing, so an in-process counter wrapped
+        around its ``Login.authenticate`` counts ``InvalidAuth`` per user.
+        """
+        if self._dovecot is not None:
+            return self._dovecot.auth_failures(self.user)
+        assert self._pymap is not None
+        return self._pymap.auth_failures.get(self.user, 0)
+
+    async def wait_auth_failures(self, at_least: int, within: float = 5) -> int:
+        """Poll :meth:`auth_failures` until it reaches *at_least* or *within*
+        seconds pass (Dovecot's log process writes asynchronously)."""
+        for _ in range(int(within / 0.02)):
+            if self.auth_failures() >= at_least:
+                break
+            await asyncio.sleep(0.02)
+        return self.auth_failures()
+
+    def _require_dovecot(self, what: str) -> Dovecot:
+        if self._dovecot is None:
+            raise NotImplementedError(f"{what} is only available on the Dovecot server")
+        return self._dovecot
+
+
+# ---------------------------------------------------------------------------
+# pymap, in-process
+# ---------------------------------------------------------------------------
+
+SPECIAL_USE = {"Sent": b"Sent", "Drafts": b"Drafts"}
+
+
+class _Pymap:
+    """The in-process pymap dict backend behind :func:`pymap_server`."""
+
+    def __init__(self) -> None:
+        from pymap.backend.dict import Config, Login
+        from pymap.concurrent import Subsystem
+        from pymap.config import BackendCapability
+        from pymap.exceptions import InvalidAuth
+        from pysasl.hashing import Cleartext
+
+        outer = self
+        self.auth_failures: dict[str, int] = {}
+
+        class _Config(Config):
+            @property
+            def backend_capability(self) -> BackendCapability:
+                return BackendCapability(
+                    idle=True, object_id=True, multi_append=True, custom=[b"SPECIAL-USE"]
+                )
+
+        class _Login(Login):
+            async def authenticate(self, credentials: Any) -> Any:
+                try:
+                    return await super().authenticate(credentials)
+                except InvalidAuth:
+                    name = credentials.authcid
+                    outer.auth_failures[name] = outer.auth_failures.get(name, 0) + 1
+                    raise
+
+            async def authorize(self, authenticated: Any, authzid: str) -> Any:
+                identity = await super().authorize(authenticated, authzid)
+                identity.__class__ = _identity_class()
+                return identity
+
+        self.config = _Config(
+            Namespace(proxy_protocol=None, passlib_cfg=None),
+            host=HOST,
+            port=0,
+            demo_data=False,
+            demo_user="",
+            demo_password="",
+            hash_context=Cleartext(),  # LOGIN costs no PBKDF2
+            cpu_subsystem=Subsystem.for_asyncio(),  # no thread pool left behind
+            tls_enabled=False,  # plain LOGIN allowed without STARTTLS
+            invalid_user_sleep=0.0,
+            reject_dnsbl=False,
+        )
+        self.login = _Login(self.config)
+
+    async def add_user(self, user: str, password: str) -> None:
+        from pymap.backend.dict import FilterSet, Identity, MailboxSet
+        from pymap.user import UserMetadata
+
+        await Identity(user, self.login, None, frozenset()).set(
+            UserMetadata(self.config, user, password=password)
+        )
+        mailboxes = MailboxSet()
+        for name in SPECIAL_USE:
+            await mailboxes.add_mailbox(name)
+        self.config.set_cache[user] = (mailboxes, FilterSet())
+
+    def change_uidvalidity(self, user: str, folder: str, value: int | None) -> int:
+        mailboxes = self.config.set_cache[user][0]
+        mailbox = mailboxes._inbox if folder.upper() == "INBOX" else mailboxes._set[folder]
+        mailbox._uid_validity = value if value is not None else mailbox._uid_validity + 1
+        return int(mailbox._uid_validity)
+
+
+_identity_cls: type | None = None
+
+
+def _identity_class() -> type:
+    """pymap's dict ``Identity`` whose sessions add SPECIAL-USE LIST attributes."""
+    global _identity_cls
+    if _identity_cls is None:
+        from pymap.backend.dict import Identity, Session
+
+        class _Session(Session):
+            async def list_mailboxes(self, *args: Any, **kwargs: Any) -> Any:
+                entries, updates = await super().list_mailboxes(*args, **kwargs)
+                entries = [
+                    (name, sep, [*attrs, SPECIAL_USE[name]] if name in SPECIAL_USE else attrs)
+                    for name, sep, attrs in entries
+                ]
+                return entries, updates
+
+        class _Identity(Identity):
+            @asynccontextmanager
+            async def new_session(self) -> AsyncIterator[Any]:
+                async with super().new_session() as session:
+                    session.__class__ = _Session
+                    yield session
+
+        _identity_cls = _Identity
+    return _identity_cls
+
+
+@asynccontextmanager
+async def pymap_server(
+    user: str = "leadloop@example.com", password: str = "test-password"
+) -> AsyncIterator[ImapServer]:
+    """pymap (dict backend) on the running event loop, on a random loopback port.
+
+    One user with INBOX, Sent and Drafts; IDLE, MOVE, UIDPLUS, SPECIAL-USE; no
+    TLS, no CONDSTORE/QRESYNC.  Everything lives in RAM and vanishes on exit.
+    """
+    from proxyprotocol.reader import ProxyProtocolReader
+    from pymap.imap import IMAPServer
+
+    backend = _Pymap()
+    await backend.add_user(user, password)
+    backend.config.apply_context()
+    imap = IMAPServer(backend.login, backend.config)
+    connections: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: Any, writer: Any, sock_info: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            await imap(reader, writer, sock_info)
+        finally:
+            connections.discard(task)
+
+    callback = ProxyProtocolReader(backend.config.proxy_protocol).get_callback(handle)
+    server = await asyncio.start_server(callback, HOST, 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield ImapServer(HOST, port, user, password, "pymap", _pymap=backend)
+    finally:
+        server.close()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        await server.wait_closed()
+
+
+# ---------------------------------------------------------------------------
+# Dovecot, as a subprocess
+# ---------------------------------------------------------------------------
+
+
+def find_dovecot_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/usr/bin", "/usr/local/sbin"):
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def dovecot_installed() -> bool:
+    return bool(find_dovecot_bin("dovecot") and find_dovecot_bin("doveadm"))
+
+
+def _mail_owner() -> tuple[int, int, str, str]:
+    """Who owns the Maildirs and runs the login/internal processes.
+
+    As root: Dovecot refuses mail access as uid 0, so mail belongs to the
+    ``dovecot`` system user the package creates (login processes keep
+    Debian's ``dovenull``).  Rootless: everything runs as the current user.
+    """
+    entry = pwd.getpwnam("dovecot") if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
+    return entry.pw_uid, entry.pw_gid, entry.pw_name, grp.getgrgid(entry.pw_gid).gr_name
+
+
+def dovecot_config(base: Path, port: int) -> str:
+    uid, gid, user, group = _mail_owner()
+    rootless = ""
+    if os.geteuid() != 0:
+        rootless = (
+            f"default_login_user = {user}\n"
+            f"default_internal_user = {user}\n"
+            f"default_internal_group = {group}\n"
+        )
+    return f"""\
+# Throwaway test instance (tests/imap_servers.py); nothing from /etc/dovecot.
+protocols = imap
+listen = {HOST}
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+{rootless}ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+# One "Password mismatch"/"unknown user" line per rejected login, and no
+# 2 s delay on a wrong password.
+auth_verbose = yes
+auth_failure_delay = 0
+# Debian's default 500 rejects the dovecot system user.
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {base}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={base}/mail/%u
+}}
+
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = {HOST}
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+  # No per-IP brute-force penalty (2, 4, 8... s after each wrong password,
+  # even for the next correct login): tests log in wrongly on purpose.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = create
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+    auto = create
+  }}
+}}
+"""
+
+
+class Dovecot:
+    """A throwaway Dovecot instance; see :func:`dovecot_server`."""
+
+    def __init__(self, dovecot: str, doveadm: str) -> None:
+        self.dovecot_bin, self.doveadm_bin = dovecot, doveadm
+        self.base = Path(tempfile.mkdtemp(prefix="leadloop-dovecot-"))
+        self.base.chmod(0o755)
+        self.port = free_port()
+        self.config_path = self.base / "dovecot.conf"
+        self.log_path = self.base / "dovecot.log"
+        self.passwd_path = self.base / "passwd"
+        uid, gid, _, _ = _mail_owner()
+        (self.base / "mail").mkdir()
+        os.chown(self.base / "mail", uid, gid)
+        self.passwd_path.write_text("")
+        self.passwd_path.chmod(0o644)
+        self._spare: list[tuple[str, str]] = []
+        self._add_users(USER_BATCH)
+        self.config_path.write_text(dovecot_config(self.base, self.port))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 15) -> None:
+        """``dovecot -F -c CONFIG`` (foreground, so we own the master's pid)."""
+        if self.running:
+            return
+        self._proc = subprocess.Popen(
+            [self.dovecot_bin, "-F", "-c", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: see stop()
+        )
+        deadline = time.monotonic() + timeout
+        while not _greets(self.port):
+            if self._proc.poll() is not None:
+                stderr = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise RuntimeError(
+                    f"dovecot exited with {self._proc.returncode}: {stderr}\n"
+                    f"log {self.log_path}:\n{self.log_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"dovecot did not listen on {HOST}:{self.port}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Take the instance down and drop every client connection; ~1 s.
+
+        SIGTERM to the master (what ``doveadm stop`` does), then to what is
+        left of its process group: Dovecot 2.3's imap processes outlive the
+        master while their client stays connected (despite the default
+        ``shutdown_clients = yes``), and so do its log and stats processes.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        _end_process_group(proc.pid, timeout)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _add_users(self, count: int) -> None:
+        batch = [
+            (f"user{next(_users)}-{secrets.token_hex(3)}", secrets.token_urlsafe(12))
+            for _ in range(count)
+        ]
+        with self.passwd_path.open("a") as passwd:
+            passwd.writelines(f"{user}:{{PLAIN}}{password}::::::\n" for user, password in batch)
+        self._spare.extend(batch)
+
+    def new_user(self) -> ImapServer:
+        """A fresh account with an empty Maildir (created on first use).
+
+        Accounts come from a batch written to the passwd-file up front: the
+        auth process re-stats that file at most once per second (2.3's
+        ``passwd_file_sync``), so a line appended just now may stay unknown
+        for up to a second.  Only when a batch runs out does this append the
+        next one and wait those 1.1 s.
+        """
+        if not self._spare:
+            self._add_users(USER_BATCH)
+            time.sleep(1.1)
+        user, password = self._spare.pop(0)
+        return ImapServer(
+            HOST, self.port, user, password, "dovecot", log_path=self.log_path, _dovecot=self
+        )
+
+    def doveadm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``doveadm -c CONFIG ARGS...``, raising with its output on failure."""
+        command = [self.doveadm_bin, "-c", str(self.config_path), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} exited with {done.returncode}: {done.stderr or done.stdout}"
+            )
+        return done
+
+    def uidvalidity(self, user: str, folder: str = "INBOX") -> int:
+        out = self.doveadm("mailbox", "status", "-u", user, "uidvalidity", folder).stdout
+        return int(out.split("uidvalidity=")[1].split()[0])
+
+    def change_uidvalidity(self, user: str, folder: str = "INBOX", value: int | None = None) -> int:
+        if value is None:
+            value = self.uidvalidity(user, folder) + 1
+        self.doveadm("mailbox", "update", "-u", user, "--uid-validity", str(value), folder)
+        return value
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def auth_failures(self, user: str | None = None) -> int:
+        count = 0
+        for line in self.log_text().splitlines():
+            match = _AUTH_FAILED.search(line)
+            if match and (user is None or match.group("user") == user):
+                count += 1
+        return count
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group *pgid* that are not zombies (nobody may reap
+    orphans in a container)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _end_process_group(pgid: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL, the leftovers of the group the master led."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _live_members(pgid):
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + timeout
+        while _live_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _greets(port: int) -> bool:
+    """True once imap-login answers with its ``* OK`` greeting."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as sock:
+            return sock.recv(512).startswith(b"* OK")
+    except OSError:
+        return False
+
+
+@contextmanager
+def dovecot_server() -> Iterator[Dovecot]:
+    """A running throwaway Dovecot; ``new_user()`` gives accounts on it.
+
+    Config: see :func:`dovecot_config` (passwd-file passdb with ``{PLAIN}``
+    passwords, static userdb, Maildir, Sent/Drafts with SPECIAL-USE, no SSL,
+    no brute-force penalty).  As root the Maildirs belong to the ``dovecot``
+    system user (Dovecot refuses mail access as uid 0); rootless, everything
+    runs as the current user.  A wrong password is answered after <= 0.5 s
+    (2.3 flushes auth failures on a 500 ms timer) and logged at once.
+    """
+    dovecot, doveadm = find_dovecot_bin("dovecot"), find_dovecot_bin("doveadm")
+    if not dovecot or not doveadm:
+        raise RuntimeError(DOVECOT_MISSING)
+    instance = Dovecot(dovecot, doveadm)
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.close()

@@ -1,0 +1,279 @@
+"""The daemon against real IMAP servers: IDLE, UIDVALIDITY, outages, refused logins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from imap_servers import ImapServer, pymap_server
+from sqlalchemy import func, select
+
+from leadloop.agent.pipeline import Pipeline
+from leadloop.clock import SystemClock
+from leadloop.config import LoadedConfig, loads
+from leadloop.daemon.ingest import ingest_once
+from leadloop.daemon.service import Service, build_inbox
+from leadloop.storage import repo
+from leadloop.storage.db import open_database
+from leadloop.storage.models import Event, InboundMessage
+
+PASSWORD_ENV = "LEADLOOP_TEST_IMAP_PASSWORD"
+
+
+def message(n: int) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"buyer{n}@buyer.example"
+    msg["To"] = "sales@acme.example"
+    msg["Subject"] = f"Question {n}"
+    msg["Message-ID"] = f"<imap-{n}@buyer.example>"
+    msg.set_content(f"Hello {n}.\n")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def imap_config(
+    tmp_path: Path, server: ImapServer, monkeypatch: pytest.MonkeyPatch, **extra: str
+) -> LoadedConfig:
+    monkeypatch.setenv(PASSWORD_ENV, server.password)
+    options = "".join(f"{key} = {value}\n" for key, value in extra.items())
+    text = (
+        textwrap.dedent(
+            f"""\
+        [scheduler]
+        tick = "1s"
+
+        [[mailboxes]]
+        name = "sales"
+        kind = "imap"
+        address = "sales@acme.example"
+        host = "{server.host}"
+        port = {server.port}
+        security = "none"
+        username = "{server.user}"
+        password_env = "{PASSWORD_ENV}"
+        timeout = "3s"
+        """
+        )
+        + options
+    )
+    file = tmp_path / "config.toml"
+    file.write_text(text)
+    return loads(text, file)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 20) -> None:
+    """Wait for something the daemon does in the background; the limit only
+    bounds a hung test and is no timing assertion."""
+    deadline = time.monotonic() + limit
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running(loaded: LoadedConfig) -> AsyncIterator[Service]:
+    service = Service(loaded)
+    task = asyncio.create_task(service.run())
+    try:
+        await eventually(lambda: _started(service), "the daemon to start")
+        yield service
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def _started(service: Service) -> bool:
+    return service.scheduler is not None and service.scheduler.running
+
+
+async def stored(service: Service) -> int:
+    assert service.db is not None
+    async with service.db.transaction() as session:
+        count = await session.scalar(select(func.count()).select_from(InboundMessage))
+    return int(count or 0)
+
+
+@pytest.fixture
+async def pymap() -> AsyncIterator[ImapServer]:
+    async with pymap_server() as server:
+        yield server
+
+
+async def test_daemon_ingests_and_marks_seen_after_commit(
+    pymap: ImapServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail in the IMAP inbox is stored, processed, and only then marked \\Seen."""
+    for n in range(3):
+        await pymap.deliver(message(n))
+    loaded = imap_config(tmp_path, pymap, monkeypatch, poll_interval='"0.2s"')
+    async with running(loaded) as service:
+        await eventually(lambda: _count_done(service, 3), "three processed messages")
+        await eventually(lambda: _seen(pymap, 3), "three \\Seen flags")
+
+
+async def _count_done(service: Service, expected: int) -> bool:
+    assert service.db is not None
+    async with service.db.transaction() as session:
+        statuses = await repo.count_by_status(session)
+    return statuses.get("done", 0) == expected
+
+
+async def _seen(server: ImapServer, expected: int) -> bool:
+    return await server.seen_count() == expected
+
+
+@pytest.mark.parametrize("kind", ["pymap", "dovecot"])
+async def test_idle_wakes_the_watcher(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the interval poll an hour away, a delivery is stored because IDLE says so."""
+
+    async def body(server: ImapServer) -> None:
+        loaded = imap_config(tmp_path, server, monkeypatch, poll_interval='"1h"')
+        async with running(loaded) as service:
+            watcher = service.watchers["sales"]
+            await eventually(lambda: _listening(watcher), "the IDLE listener")
+            await server.deliver(message(1))
+            await eventually(lambda: _stored_at_least(service, 1), "the pushed message")
+
+    if kind == "pymap":
+        async with pymap_server() as server:
+            await body(server)
+    else:
+        await body(request.getfixturevalue("dovecot_imap"))
+
+
+async def _listening(watcher: object) -> bool:
+    inbox = watcher.inbox  # type: ignore[attr-defined]
+    client = inbox._idle.client
+    return bool(client is not None and client.protocol.has_pending_idle_command())
+
+
+async def _stored_at_least(service: Service, expected: int) -> bool:
+    return await stored(service) >= expected
+
+
+@pytest.mark.parametrize("kind", ["pymap", "dovecot"])
+async def test_uidvalidity_change_reprocesses_nothing(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the server renumbers the folder, the rescan stores old mail only as
+    ignored duplicates and the pipeline runs just the one new message."""
+
+    async def body(server: ImapServer) -> None:
+        loaded = imap_config(tmp_path, server, monkeypatch, acknowledge='"keep"')
+        db = await open_database(loaded.database_url)
+        try:
+            async with db.transaction() as session:
+                box = await repo.ensure_mailbox(session, "sales", "imap", "sales@acme.example")
+            inbox = build_inbox(loaded.settings.mailboxes[0], loaded)
+            await inbox.open()
+            clock = SystemClock()
+            pipeline = Pipeline(db, clock, owner="test")
+            for n in range(3):
+                await server.deliver(message(n))
+            first = await ingest_once(db, inbox, box.id, clock, batch=100, max_size=10**7)
+            assert (first.fetched, first.stored) == (3, 3)
+            assert (await pipeline.run_pending()).processed == 3
+
+            server.change_uidvalidity()
+            await server.deliver(message(3))
+            second = await ingest_once(db, inbox, box.id, clock, batch=100, max_size=10**7)
+            assert second.fetched == 4
+            assert (await pipeline.run_pending()).processed == 1
+            async with db.transaction() as session:
+                ignored = await session.scalar(
+                    select(func.count())
+                    .select_from(InboundMessage)
+                    .where(InboundMessage.duplicate_of.is_not(None))
+                )
+                processed = await session.scalar(
+                    select(func.count(func.distinct(Event.inbound_id))).where(
+                        Event.kind == "stage.screen"
+                    )
+                )
+            assert (ignored, processed) == (3, 4)
+            await inbox.close()
+        finally:
+            await db.dispose()
+
+    if kind == "pymap":
+        async with pymap_server() as server:
+            await body(server)
+    else:
+        await body(request.getfixturevalue("dovecot_imap"))
+
+
+async def test_server_outage_is_recovered_and_logged_once(
+    dovecot_imap: ImapServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dovecot going down and coming back: one error line, one recovery line, one
+    alert row, and mail delivered afterwards is stored."""
+    loaded = imap_config(tmp_path, dovecot_imap, monkeypatch, poll_interval='"0.2s"')
+    caplog.set_level(logging.INFO, logger="leadloop")
+    async with running(loaded) as service:
+        await dovecot_imap.deliver(message(1))
+        await eventually(lambda: _stored_at_least(service, 1), "the first message")
+        await asyncio.to_thread(dovecot_imap.stop)
+        watcher = service.watchers["sales"]
+        await eventually(lambda: _failures_at_least(watcher, 2), "repeated failed polls")
+        await asyncio.to_thread(dovecot_imap.start)
+        await dovecot_imap.deliver(message(2))
+        await eventually(lambda: _stored_at_least(service, 2), "mail after the outage", 60)
+        alerts = await _alerts(service)
+    messages = [r.getMessage() for r in caplog.records if r.name == "leadloop.daemon.service"]
+    assert sum("mailbox=sales unavailable" in m for m in messages) == 1
+    assert sum("mailbox=sales recovered" in m for m in messages) == 1
+    assert alerts == ["alert.mailbox_down", "alert.mailbox_recovered"]
+
+
+async def _failures_at_least(watcher: object, expected: int) -> bool:
+    return int(watcher.failures) >= expected  # type: ignore[attr-defined]
+
+
+async def _alerts(service: Service) -> list[str]:
+    assert service.db is not None
+    async with service.db.transaction() as session:
+        kinds = await session.scalars(
+            select(Event.kind).where(Event.kind.like("alert.%")).order_by(Event.id)
+        )
+        return list(kinds)
+
+
+async def test_wrong_password_is_reported_once_and_throttled(
+    dovecot_imap: ImapServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused login is logged and alerted once; after the third refusal the next
+    LOGIN is at least five minutes away, and no more reach the server meanwhile."""
+    loaded = imap_config(tmp_path, dovecot_imap, monkeypatch, poll_interval='"0.1s"')
+    monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
+    loaded = loads(loaded.file.read_text(), loaded.file)
+    caplog.set_level(logging.INFO, logger="leadloop")
+    async with running(loaded) as service:
+        watcher = service.watchers["sales"]
+        await eventually(lambda: _auth_failures_at_least(watcher, 3), "three refused logins")
+        assert watcher.retry_at - time.monotonic() > 290
+        assert await dovecot_imap.wait_auth_failures(3) == 3
+        await asyncio.sleep(1.0)  # the interval poll keeps ringing every 0.1 s
+        assert dovecot_imap.auth_failures() == 3
+        alerts = await _alerts(service)
+    refusals = [r for r in caplog.records if "login refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert alerts == ["alert.mailbox_auth"]
+
+
+async def _auth_failures_at_least(watcher: object, expected: int) -> bool:
+    return int(watcher.auth_failures) >= expected  # type: ignore[attr-defined]
