@@ -13,6 +13,13 @@ Two servers, one interface (:class:`ImapServer`):
   Maildirs in a ``tempfile.mkdtemp()`` directory (mode 0755, *not* pytest's
   0700 ``tmp_path``).  Slower to stop (~1 s), so the fixtures share one
   instance per session and give every test its own user (:meth:`Dovecot.new_user`).
+  It speaks TLS too: a throwaway CA and a server certificate for
+  ``127.0.0.1``/``localhost`` are made when it starts
+  (:func:`make_certificates`), the plain port offers STARTTLS (plain LOGIN
+  stays allowed without it) and an implicit-TLS port sits beside it
+  (``tls_port``; clients verify with ``ca_file``).  XOAUTH2/OAUTHBEARER take
+  HS256 JWTs signed with the instance's own key (:meth:`ImapServer.oauth2_token`),
+  validated locally by Dovecot's ``oauth2`` passdb.
 
 Every helper on :class:`ImapServer` (``deliver``, ``seen_count``, ...) opens
 its own aioimaplib connection, as another client or the MTA would, and logs
@@ -22,8 +29,12 @@ out again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import grp
+import hashlib
+import hmac
 import itertools
+import json
 import os
 import pwd
 import re
@@ -96,7 +107,10 @@ class ImapServer:
     """One IMAP account on a running test server.
 
     ``kind`` is ``"pymap"`` or ``"dovecot"``.  For Dovecot, ``log_path`` is the
-    server's log file (shared by all users of the session's instance).
+    server's log file (shared by all users of the session's instance),
+    ``tls_port`` its implicit-TLS (imaps) port and ``ca_file`` the PEM of the
+    throwaway CA that signed its certificate; ``port`` is plain IMAP, with
+    STARTTLS.  pymap has no TLS here: both are ``None``.
     """
 
     host: str
@@ -105,6 +119,8 @@ class ImapServer:
     password: str
     kind: str
     log_path: Path | None = None
+    tls_port: int | None = None
+    ca_file: Path | None = None
     _dovecot: Dovecot | None = field(default=None, repr=False, compare=False)
     _pymap: _Pymap | None = field(default=None, repr=False, compare=False)
 
@@ -215,6 +231,18 @@ class ImapServer:
                 break
             await asyncio.sleep(0.02)
         return self.auth_failures()
+
+    def oauth2_token(self, *, valid_for: float = 300, key: bytes | None = None) -> str:
+        """An OAuth2 access token for this user that Dovecot accepts (XOAUTH2 /
+        OAUTHBEARER): an HS256 JWT with ``sub`` = the user, signed with the
+        instance's key (or *key*, to forge one it refuses); ``valid_for``
+        seconds from now (negative: already expired)."""
+        dovecot = self._require_dovecot("oauth2_token()")
+        if dovecot.oauth2_key is None:
+            raise NotImplementedError("this Dovecot instance was started with oauth2=False")
+        now = int(time.time())
+        claims = {"sub": self.user, "iat": now - 60, "exp": now + int(valid_for)}
+        return hs256_jwt(key if key is not None else dovecot.oauth2_key, claims)
 
     def _require_dovecot(self, what: str) -> Dovecot:
         if self._dovecot is None:
@@ -367,6 +395,181 @@ async def pymap_server(
 
 
 # ---------------------------------------------------------------------------
+# A throwaway CA and server certificate
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files: the CA clients trust, and the server's certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+CERT_NAMES = ("127.0.0.1", "localhost")
+"""What the server certificate is valid for (IP and DNS subjectAltNames)."""
+
+_OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = {cn}
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """A CA and a server certificate for :data:`CERT_NAMES` (P-256, valid for
+    two days) in *directory*: with the ``openssl`` CLI when there is one, else
+    with the ``cryptography`` package.  Extensions are what Python 3.13's
+    ``VERIFY_X509_STRICT`` insists on (key usages, SKI/AKI)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    openssl = shutil.which("openssl")
+    if openssl:
+        _openssl_certificates(openssl, directory, files)
+    else:
+        _cryptography_certificates(files)
+    files.key_file.chmod(0o600)
+    return files
+
+
+def _openssl_certificates(openssl: str, directory: Path, files: Certificates) -> None:
+    ca_key, csr = directory / "ca.key", directory / "server.csr"
+    ca_cnf, server_cnf = directory / "ca.cnf", directory / "server.cnf"
+    ca_cnf.write_text(_OPENSSL_CNF.format(cn="leadloop test CA"))
+    server_cnf.write_text(_OPENSSL_CNF.format(cn=CERT_NAMES[0]))
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        [openssl, "req", "-x509", *new_key, "-keyout", ca_key, "-out", files.ca_file,
+         "-days", "2", "-config", ca_cnf, "-extensions", "ca_ext"],
+        [openssl, "req", "-new", *new_key, "-keyout", files.key_file, "-out", csr,
+         "-config", server_cnf],
+        [openssl, "x509", "-req", "-in", csr, "-CA", files.ca_file, "-CAkey", ca_key,
+         "-set_serial", str(secrets.randbits(63)), "-days", "2", "-out", files.cert_file,
+         "-extfile", server_cnf, "-extensions", "server_ext"],
+    ]  # fmt: skip
+    for command in commands:
+        done = subprocess.run(
+            [str(part) for part in command], capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, command))} failed: {done.stderr}")
+
+
+def _cryptography_certificates(files: Certificates) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def usage(**granted: bool) -> x509.KeyUsage:
+        names = ("digital_signature", "content_commitment", "key_encipherment",
+                 "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign",
+                 "encipher_only", "decipher_only")  # fmt: skip
+        return x509.KeyUsage(**{name: granted.get(name, False) for name in names})
+
+    def certificate(
+        subject: str, key: Any, issuer: x509.Name, signer: Any, extensions: list[Any]
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leadloop test CA")])
+    ca = certificate(
+        "leadloop test CA",
+        ca_key,
+        ca_name,
+        ca_key,
+        [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (usage(key_cert_sign=True, crl_sign=True), True),
+        ],
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = certificate(
+        CERT_NAMES[0],
+        key,
+        ca_name,
+        ca_key,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (usage(digital_signature=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (
+                x509.SubjectAlternativeName(
+                    [
+                        x509.IPAddress(ipaddress.ip_address(CERT_NAMES[0])),
+                        x509.DNSName(CERT_NAMES[1]),
+                    ]
+                ),
+                False,
+            ),
+            (
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                False,
+            ),
+        ],
+    )
+    files.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------
+# OAuth2 access tokens Dovecot validates itself
+# ---------------------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def hs256_jwt(key: bytes, claims: dict[str, Any]) -> str:
+    """A JWT (RFC 7519) signed with HMAC-SHA256 under *key*; no PyJWT needed."""
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = _b64url(json.dumps(claims).encode())
+    signature = hmac.new(key, f"{header}.{body}".encode("ascii"), hashlib.sha256).digest()
+    return f"{header}.{body}.{_b64url(signature)}"
+
+
+# ---------------------------------------------------------------------------
 # Dovecot, as a subprocess
 # ---------------------------------------------------------------------------
 
@@ -397,7 +600,22 @@ def _mail_owner() -> tuple[int, int, str, str]:
     return entry.pw_uid, entry.pw_gid, entry.pw_name, grp.getgrgid(entry.pw_gid).gr_name
 
 
-def dovecot_config(base: Path, port: int) -> str:
+def dovecot_config(
+    base: Path,
+    port: int,
+    *,
+    tls_port: int | None = None,
+    certificates: Certificates | None = None,
+    oauth2_config: Path | None = None,
+) -> str:
+    """The instance's dovecot.conf.  Without *certificates*: no SSL, as
+    before.  With them (and *tls_port*): ``ssl = yes`` -- STARTTLS offered on
+    *port*, where plain LOGIN stays allowed (``disable_plaintext_auth = no``),
+    and implicit TLS on *tls_port*.  With *oauth2_config* (a
+    ``dovecot-oauth2.conf.ext``): XOAUTH2 and OAUTHBEARER through an
+    ``oauth2`` passdb, the passwd-file keeping PLAIN, LOGIN and
+    mechanism-less lookups to itself (so a refused token is no "Password
+    mismatch" in the log)."""
     uid, gid, user, group = _mail_owner()
     rootless = ""
     if os.geteuid() != 0:
@@ -406,6 +624,32 @@ def dovecot_config(base: Path, port: int) -> str:
             f"default_internal_user = {user}\n"
             f"default_internal_group = {group}\n"
         )
+    ssl = "ssl = no\n"
+    imaps = "port = 0"
+    if certificates is not None:
+        if tls_port is None:
+            raise ValueError("TLS needs a tls_port")
+        ssl = (
+            "# STARTTLS offered, never required: plain LOGIN stays allowed.\n"
+            "ssl = yes\n"
+            f"ssl_cert = <{certificates.cert_file}\n"
+            f"ssl_key = <{certificates.key_file}\n"
+        )
+        imaps = f"address = {HOST}\n    port = {tls_port}\n    ssl = yes"
+    mechanisms = "plain login"
+    passwd_mechanisms = oauth2_passdb = ""
+    if oauth2_config is not None:
+        mechanisms = "plain login xoauth2 oauthbearer"
+        # "none": the static userdb's existence check (doveadm) is a passdb
+        # lookup without a mechanism; all passdbs skipping it is an error.
+        passwd_mechanisms = "\n  mechanisms = plain login none"
+        oauth2_passdb = (
+            "passdb {\n"
+            "  driver = oauth2\n"
+            "  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {oauth2_config}\n"
+            "}\n"
+        )
     return f"""\
 # Throwaway test instance (tests/imap_servers.py); nothing from /etc/dovecot.
 protocols = imap
@@ -413,9 +657,8 @@ listen = {HOST}
 base_dir = {base}/run
 state_dir = {base}/state
 log_path = {base}/dovecot.log
-{rootless}ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
+{rootless}{ssl}disable_plaintext_auth = no
+auth_mechanisms = {mechanisms}
 # One "Password mismatch"/"unknown user" line per rejected login, and no
 # 2 s delay on a wrong password.
 auth_verbose = yes
@@ -425,10 +668,10 @@ first_valid_uid = 1
 mail_location = maildir:~/Maildir
 
 passdb {{
-  driver = passwd-file
+  driver = passwd-file{passwd_mechanisms}
   args = scheme=PLAIN username_format=%u {base}/passwd
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid={uid} gid={gid} home={base}/mail/%u
 }}
@@ -440,7 +683,7 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    {imaps}
   }}
 }}
 service anvil {{
@@ -470,7 +713,12 @@ namespace inbox {{
 class Dovecot:
     """A throwaway Dovecot instance; see :func:`dovecot_server`."""
 
-    def __init__(self, dovecot: str, doveadm: str) -> None:
+    def __init__(
+        self, dovecot: str, doveadm: str, *, tls: bool = True, oauth2: bool = True
+    ) -> None:
+        """*tls*: certificates, STARTTLS and an imaps port (``tls_port``,
+        ``certificates``; else both ``None`` and ``ssl = no``).  *oauth2*:
+        XOAUTH2/OAUTHBEARER with JWTs signed by ``oauth2_key``."""
         self.dovecot_bin, self.doveadm_bin = dovecot, doveadm
         self.base = Path(tempfile.mkdtemp(prefix="leadloop-dovecot-"))
         self.base.chmod(0o755)
@@ -485,8 +733,47 @@ class Dovecot:
         self.passwd_path.chmod(0o644)
         self._spare: list[tuple[str, str]] = []
         self._add_users(USER_BATCH)
-        self.config_path.write_text(dovecot_config(self.base, self.port))
+        self.tls_port: int | None = None
+        self.certificates: Certificates | None = None
+        if tls:
+            self.tls_port = free_port()
+            self.certificates = make_certificates(self.base / "tls")
+        self.oauth2_key: bytes | None = None
+        oauth2_config = None
+        if oauth2:
+            self.oauth2_key = secrets.token_bytes(32)
+            oauth2_config = self._write_oauth2_config(self.oauth2_key)
+        self.config_path.write_text(
+            dovecot_config(
+                self.base,
+                self.port,
+                tls_port=self.tls_port,
+                certificates=self.certificates,
+                oauth2_config=oauth2_config,
+            )
+        )
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def _write_oauth2_config(self, key: bytes) -> Path:
+        """The oauth2 passdb's settings: validate JWTs locally (no HTTP), with
+        the HMAC key looked up in an ``fs:posix`` dict under
+        ``<azp>/<alg>/<kid>`` -- ``default/HS256/default`` for a token without
+        ``azp`` or ``kid`` -- base64-encoded; the user is the ``sub`` claim."""
+        keys = self.base / "oauth2-keys"
+        key_file = keys / "default" / "HS256" / "default"
+        key_file.parent.mkdir(parents=True)
+        for directory in (keys, keys / "default", key_file.parent):
+            directory.chmod(0o755)  # the auth process runs as the internal user
+        key_file.write_bytes(base64.b64encode(key))
+        key_file.chmod(0o644)
+        config = self.base / "dovecot-oauth2.conf.ext"
+        config.write_text(
+            "introspection_mode = local\n"
+            f"local_validation_key_dict = fs:posix:prefix={keys}/\n"
+            "username_attribute = sub\n"
+        )
+        config.chmod(0o644)
+        return config
 
     @property
     def running(self) -> bool:
@@ -565,7 +852,15 @@ class Dovecot:
             time.sleep(1.1)
         user, password = self._spare.pop(0)
         return ImapServer(
-            HOST, self.port, user, password, "dovecot", log_path=self.log_path, _dovecot=self
+            HOST,
+            self.port,
+            user,
+            password,
+            "dovecot",
+            log_path=self.log_path,
+            tls_port=self.tls_port,
+            ca_file=self.certificates.ca_file if self.certificates else None,
+            _dovecot=self,
         )
 
     def doveadm(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -639,20 +934,23 @@ def _greets(port: int) -> bool:
 
 
 @contextmanager
-def dovecot_server() -> Iterator[Dovecot]:
+def dovecot_server(*, tls: bool = True, oauth2: bool = True) -> Iterator[Dovecot]:
     """A running throwaway Dovecot; ``new_user()`` gives accounts on it.
 
     Config: see :func:`dovecot_config` (passwd-file passdb with ``{PLAIN}``
-    passwords, static userdb, Maildir, Sent/Drafts with SPECIAL-USE, no SSL,
-    no brute-force penalty).  As root the Maildirs belong to the ``dovecot``
-    system user (Dovecot refuses mail access as uid 0); rootless, everything
-    runs as the current user.  A wrong password is answered after <= 0.5 s
-    (2.3 flushes auth failures on a 500 ms timer) and logged at once.
+    passwords, static userdb, Maildir, Sent/Drafts with SPECIAL-USE, no
+    brute-force penalty; with *tls*, STARTTLS on the plain port and implicit
+    TLS on ``tls_port`` under a throwaway CA, plain LOGIN still allowed; with
+    *oauth2*, XOAUTH2/OAUTHBEARER with locally validated JWTs).  As root the
+    Maildirs belong to the ``dovecot`` system user (Dovecot refuses mail
+    access as uid 0); rootless, everything runs as the current user.  A wrong
+    password is answered after <= 0.5 s (2.3 flushes auth failures on a
+    500 ms timer) and logged at once.
     """
     dovecot, doveadm = find_dovecot_bin("dovecot"), find_dovecot_bin("doveadm")
     if not dovecot or not doveadm:
         raise RuntimeError(DOVECOT_MISSING)
-    instance = Dovecot(dovecot, doveadm)
+    instance = Dovecot(dovecot, doveadm, tls=tls, oauth2=oauth2)
     try:
         instance.start()
         yield instance

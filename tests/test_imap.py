@@ -16,6 +16,8 @@ from imap_servers import ImapServer, pymap_server
 from sqlalchemy import func, select
 
 from leadloop.agent.pipeline import Pipeline
+from leadloop.channels.base import TransientChannelError
+from leadloop.channels.imap import ImapInbox, ImapSettings
 from leadloop.clock import SystemClock
 from leadloop.config import LoadedConfig, loads
 from leadloop.daemon.ingest import ingest_once
@@ -277,3 +279,33 @@ async def test_wrong_password_is_reported_once_and_throttled(
 
 async def _auth_failures_at_least(watcher: object, expected: int) -> bool:
     return int(watcher.auth_failures) >= expected  # type: ignore[attr-defined]
+
+
+async def test_stalled_server_is_dropped(tmp_path: Path) -> None:
+    """A server that greets and then never answers (a fault no real server produces on
+    demand, so a bare socket stands in) costs one timeout, then the connection is dropped."""
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+        await writer.drain()
+        await reader.read()  # swallow commands, answer nothing, until the client hangs up
+        hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = ImapSettings(host="127.0.0.1", port=port, security="none", username="u", timeout=0.3)
+
+    async def secret() -> str:
+        return "pw"
+
+    inbox = ImapInbox("stalled", settings, secret)
+    try:
+        with pytest.raises(TransientChannelError):
+            await inbox.open()
+        assert not inbox._conn.connected
+        await asyncio.wait_for(hung_up.wait(), 10)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -12,6 +12,7 @@ what it already has by Message-ID.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -156,6 +157,19 @@ def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[FetchedMessage]:
     return messages
 
 
+class _SaslCommand(aioimaplib.Command):  # type: ignore[misc]  # aioimaplib is untyped
+    """An AUTHENTICATE whose server challenges (``+ ...``) get an empty reply."""
+
+    def __init__(self, *args: Any, reply: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reply = reply
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        if bytes(line).startswith(b"+"):
+            self._reply()
+        super().append_to_resp(line, result)
+
+
 class ImapConnection:
     """One logged-in IMAP connection; every failure is translated into a
     :class:`ChannelError` that says whether retrying can help."""
@@ -206,7 +220,7 @@ class ImapConnection:
             self.lost = False
             self.lost_event.clear()
             self.client.protocol.conn_lost_cb = self._connection_lost
-            await self.client.wait_hello_from_server()
+            await self._wait_hello(self.client)
             if s.security == "starttls":
                 await self._starttls()
             await self._login()
@@ -216,10 +230,46 @@ class ImapConnection:
         except ChannelError:
             await self.close()
             raise
+        except ssl.SSLCertVerificationError as exc:
+            # A certificate that fails verification will not fix itself.
+            await self.close()
+            raise PermanentChannelError(
+                f"{s.host}:{s.port}: certificate not trusted: {exc.verify_message} "
+                "(set ca_file, or tls_verify = false for a test server)"
+            ) from exc
         except (OSError, TimeoutError, aioimaplib.AioImapException, ssl.SSLError) as exc:
             await self.close()
-            raise TransientChannelError(f"{s.host}:{s.port}: {exc or type(exc).__name__}") from exc
+            raise TransientChannelError(
+                f"{s.host}:{s.port}: {str(exc) or type(exc).__name__}"
+            ) from exc
         self.capabilities = {c.upper() for c in self.client.protocol.capabilities}
+
+    async def _wait_hello(self, client: aioimaplib.IMAP4) -> None:
+        """The greeting and the CAPABILITY aioimaplib asks right after it.
+
+        aioimaplib sends that CAPABILITY with no timeout while holding its
+        state lock, so a server that greets and then stalls would make its own
+        wait_hello_from_server() hang even after its timeout fires (the
+        cancelled wait cannot get the lock back).  So: wait ourselves, and on
+        a stall fail the pending command and drop the connection, which
+        releases the lock and lets aioimaplib's wait end.
+        """
+        hello = asyncio.ensure_future(client.wait_hello_from_server())
+        done, _ = await asyncio.wait({hello}, timeout=self.settings.timeout)
+        if not done:
+            protocol = client.protocol
+            for pending in (
+                protocol.pending_sync_command,
+                *protocol.pending_async_commands.values(),
+            ):
+                if pending is not None:
+                    pending.close(b"", "NO")
+            if protocol.transport is not None:
+                protocol.transport.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(hello, 5)
+            raise TimeoutError(f"no answer within {self.settings.timeout:.0f}s after the greeting")
+        hello.result()
 
     async def _starttls(self) -> None:
         # aioimaplib 2.0 has no STARTTLS (iroco-co/aioimaplib#1); asyncio's
@@ -247,12 +297,38 @@ class ImapConnection:
         assert self.client is not None
         secret = await self.secret()
         if self.settings.auth == "xoauth2":
-            response = await self.client.xoauth2(self.settings.username, secret)
+            response = await self._xoauth2(secret)
         else:
             response = await self.client.login(self.settings.username, secret)
         if response.result != "OK":
             text = b" ".join(bytes(line) for line in response.lines).decode("utf-8", "replace")
             raise AuthError(f"{self.settings.username}@{self.settings.host}: login refused: {text}")
+
+    async def _xoauth2(self, token: str) -> aioimaplib.Response:
+        """AUTHENTICATE XOAUTH2 that answers the server's error challenge.
+
+        A server refusing the token sends ``+ <base64 JSON error>`` and waits
+        for an empty client response before its tagged NO (Google's XOAUTH2
+        protocol; RFC 7628 3.2.3 for OAUTHBEARER).  aioimaplib 2.0.3's
+        ``xoauth2()`` never sends it, so a bad token used to hang until the
+        timeout and look transient."""
+        assert self.client is not None
+        protocol = self.client.protocol
+        sasl = f"user={self.settings.username}\x01auth=Bearer {token}\x01\x01"
+        command = _SaslCommand(
+            "AUTHENTICATE",
+            protocol.new_tag(),
+            "XOAUTH2",
+            base64.b64encode(sasl.encode()).decode("ascii"),
+            loop=protocol.loop,
+            reply=lambda: protocol.transport.write(b"\r\n"),
+        )
+        response = await asyncio.wait_for(
+            protocol.execute(command, scrub=token), self.settings.timeout
+        )
+        if response.result == "OK":
+            protocol.state = aioimaplib.AUTH
+        return response
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -292,7 +368,7 @@ class ImapConnection:
                 raise ValueError(f"unsupported command {name}")
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             await self.close()
-            raise TransientChannelError(f"{name} failed: {exc or type(exc).__name__}") from exc
+            raise TransientChannelError(f"{name} failed: {str(exc) or type(exc).__name__}") from exc
         return response
 
     async def select(self, folder: str, *, readonly: bool = False) -> None:
@@ -323,7 +399,7 @@ class ImapConnection:
             )
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             await self.close()
-            raise TransientChannelError(f"APPEND failed: {exc or type(exc).__name__}") from exc
+            raise TransientChannelError(f"APPEND failed: {str(exc) or type(exc).__name__}") from exc
 
 
 class ImapInbox:
@@ -573,7 +649,7 @@ class ImapInbox:
             return changed
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             await self._idle.close()
-            raise TransientChannelError(f"IDLE failed: {exc or type(exc).__name__}") from exc
+            raise TransientChannelError(f"IDLE failed: {str(exc) or type(exc).__name__}") from exc
 
     async def _next_push(self, client: aioimaplib.IMAP4, seconds: float) -> Any:
         """The server's next untagged answer during IDLE; a dead connection
