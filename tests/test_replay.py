@@ -120,3 +120,18 @@ def test_every_corpus_message_replays(tmp_path: Path) -> None:
     assert all(line["message_id"].startswith("<") for line in lines)
     malformed = [line for line in lines if "malformed" in line["file"] or "broken" in line["file"]]
     assert malformed and any(line["defects"] for line in malformed)
+
+
+def test_screening_fixtures_replay(tmp_path: Path) -> None:
+    """The labelled screening set (tests/fixtures/screening) is complete and replays:
+    every labelled file exists, and each gives one line and no pipeline failure."""
+    folder = FIXTURES / "screening"
+    labels = [json.loads(line) for line in (folder / "labels.jsonl").read_text().splitlines()]
+    files = sorted(p.name for p in folder.glob("*.eml"))
+    assert sorted(label["file"] for label in labels) == files
+    assert {label["label"] for label in labels} == {"opt_out", "auto_reply", "negative"}
+    result = run_replay(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == files
+    assert all(line["status"] == "done" and not line["defects"] for line in lines)
