@@ -309,3 +309,66 @@ async def test_stalled_server_is_dropped(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_one_failing_mailbox_never_stops_the_others(
+    pymap: ImapServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An IMAP mailbox whose server refuses connections does not hold up another
+    mailbox: its mail is fetched and processed, and only the broken one is alerted."""
+    loaded = imap_config(tmp_path, pymap, monkeypatch, poll_interval='"0.2s"')
+    text = loaded.file.read_text() + textwrap.dedent(
+        f"""
+        [[mailboxes]]
+        name = "broken"
+        kind = "imap"
+        address = "broken@acme.example"
+        host = "127.0.0.1"
+        port = {_refused_port()}
+        security = "none"
+        username = "x"
+        password_env = "{PASSWORD_ENV}"
+        poll_interval = "0.2s"
+        """
+    )
+    loaded = loads(text, loaded.file)
+    await pymap.deliver(message(1))
+    async with running(loaded) as service:
+        await eventually(lambda: _count_done(service, 1), "the healthy mailbox's mail")
+        await eventually(lambda: _failures_at_least(service.watchers["broken"], 1), "a failure")
+        alerts = await _alerts(service)
+    assert alerts == ["alert.mailbox_down"]
+
+
+def _refused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again at once: connections are refused
+
+
+async def test_oversized_mail_is_stored_and_flagged(
+    pymap: ImapServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail over the size limit is fetched and stored whole, flagged for header-only
+    screening with the reason among its defects."""
+    loaded = imap_config(tmp_path, pymap, monkeypatch)
+    db = await open_database(loaded.database_url)
+    try:
+        async with db.transaction() as session:
+            box = await repo.ensure_mailbox(session, "sales", "imap", "sales@acme.example")
+        inbox = build_inbox(loaded.settings.mailboxes[0], loaded)
+        await inbox.open()
+        big = message(1).replace(b"Hello 1.", b"Hello 1. " + b"x" * 5000)
+        await pymap.deliver(big)
+        await pymap.deliver(message(2))
+        await ingest_once(db, inbox, box.id, SystemClock(), batch=100, max_size=2000)
+        await inbox.close()
+        async with db.transaction() as session:
+            rows = (await session.scalars(select(InboundMessage).order_by(InboundMessage.id))).all()
+        assert (rows[0].oversized, rows[0].raw) == (True, big)
+        assert any(d.startswith("oversized:") for d in rows[0].defects)
+        assert rows[1].oversized is False
+    finally:
+        await db.dispose()
