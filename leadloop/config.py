@@ -154,6 +154,30 @@ class StaffConfig(_Section):
     domains: list[str] = Field(default_factory=list)
 
 
+class IdentityConfig(_Section):
+    """Who we are, for telling our own mail from everyone else's."""
+
+    domain: str | None = None
+    """Our domain: our Message-IDs end in it and mail from it is staff.
+    Default: the domain of the first mailbox's address."""
+    unsubscribe_address: str | None = None
+    """Mail to this address is an opt-out.  Default: unsubscribe@<domain>."""
+    authserv_id: str | None = None
+    """The authserv-id our border server writes into Authentication-Results;
+    without it no sender is trusted as a new lead (all such mail is held)."""
+    subaddressing: bool = False
+    """Whether the mailboxes' server delivers local+tag@domain to local@domain,
+    so a reply token can ride in Reply-To."""
+
+
+class ScreeningConfig(_Section):
+    """Loop guards: more than this much mail is a loop, never answered."""
+
+    thread_per_10min: int = Field(default=10, ge=1)
+    thread_per_hour: int = Field(default=25, ge=1)
+    sender_per_10min: int = Field(default=30, ge=1)
+
+
 class MailboxConfig(SecretSource):
     """One watched mailbox: a local Maildir, or a folder on an IMAP server."""
 
@@ -247,6 +271,8 @@ class Config(_Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     staff: StaffConfig = Field(default_factory=StaffConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
     mailboxes: list[MailboxConfig] = Field(default_factory=list)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
 
@@ -316,6 +342,20 @@ class LoadedConfig:
             if box.name == name:
                 return self.secret(f"mailboxes[{index}]")
         return None
+
+    @property
+    def our_domain(self) -> str | None:
+        identity = self.settings.identity
+        if identity.domain:
+            return identity.domain.lower()
+        boxes = self.settings.mailboxes
+        return boxes[0].address.rsplit("@", 1)[1] if boxes else None
+
+    @property
+    def unsubscribe_address(self) -> str | None:
+        explicit = self.settings.identity.unsubscribe_address
+        domain = self.our_domain
+        return explicit.lower() if explicit else (f"unsubscribe@{domain}" if domain else None)
 
     @property
     def database_url(self) -> str:

@@ -8,7 +8,7 @@ process kills itself on the CALL-th (default first) arrival at CRASHPOINT:
   inbound rows that uncommitted transaction holds.
 - ``before_ack``: on entering ``acknowledge`` (Maildir or IMAP), after the commit,
   before any file is renamed.
-- ``in_stage``: inside the first stage's ``process``, in the transaction that
+- ``in_stage``: inside the first stage's (screen) ``process``, in the transaction that
   would commit its result (only for MESSAGE_ID, when given).  It prints the
   Message-ID of the message in hand.
 
@@ -30,8 +30,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from leadloop import config as config_module
-from leadloop.agent import pipeline
 from leadloop.agent.pipeline import Outcome, StageContext
+from leadloop.agent.screening import ScreenStage
 from leadloop.channels.base import RawMail
 from leadloop.channels.imap import ImapInbox
 from leadloop.channels.maildir import MaildirInbox
@@ -81,18 +81,17 @@ def arm(crashpoint: str, call: int, target: str | None = None) -> None:
         for inbox_class in (MaildirInbox, ImapInbox):
             patch_acknowledge(inbox_class, arrived)
     elif crashpoint == "in_stage":
-        first_stage = pipeline.STAGE_NAMES[0]
-        process = pipeline.PassThrough.process
+        process = ScreenStage.process
 
         async def die_in_first_stage(
-            self: pipeline.PassThrough, item: InboundMessage, ctx: StageContext
+            self: ScreenStage, item: InboundMessage, ctx: StageContext
         ) -> Outcome:
             wanted = target is None or item.message_id == target
-            if self.name == first_stage and wanted and arrived():
+            if wanted and arrived():
                 die(f"in_work={item.message_id}")
             return await process(self, item, ctx)
 
-        pipeline.PassThrough.process = die_in_first_stage  # type: ignore[method-assign]
+        ScreenStage.process = die_in_first_stage  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown crashpoint {crashpoint!r}; use one of {CRASHPOINTS}")
 

@@ -50,9 +50,17 @@ def test_replay_prints_one_line_per_message() -> None:
     for line in lines:
         assert {"file", "message_id", "lead", "kind", "intent", "action", "reasons"} <= set(line)
         assert line["status"] == "done"
-        # Until the reading and policy issues land, nothing decides these.
+        # Until the brain and policy issues land, nothing decides these.
         assert (line["intent"], line["action"]) == (None, None)
     assert lines[0]["message_id"] == "<CAD1.reply@mail.northwind.example>"
+    # The reply threads to our earlier mail in sent/, so to Dana; Li writes fresh as a
+    # known lead; the unknown sender cannot be vouched for and is held.
+    assert [(line["lead"], line["kind"]) for line in lines] == [
+        ("dana.reyes@northwind.example", "reply"),
+        ("li.wei@contoso.example", "reply"),
+        (None, "held"),
+    ]
+    assert lines[0]["thread"] is not None and lines[0]["visible_length"] > 0
     assert lines[1]["message_id"].endswith("@synthetic.leadloop.invalid>")
     assert "no Message-ID" in lines[1]["defects"]
     assert "unusable Date" in lines[2]["defects"]

@@ -23,6 +23,8 @@ from sqlalchemy import select
 from leadloop.agent.due import run_due
 from leadloop.agent.leads import import_leads
 from leadloop.agent.pipeline import Pipeline, Stage
+from leadloop.agent.stages import TOKEN_KEYS_FILE, build_stages, token_keys
+from leadloop.agent.threads import normalize_subject
 from leadloop.channels.base import RawMail
 from leadloop.clock import ManualClock
 from leadloop.config import LoadedConfig
@@ -30,7 +32,7 @@ from leadloop.daemon.ingest import to_new_inbound
 from leadloop.mail.envelope import read_envelope
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
-from leadloop.storage.models import Event, InboundMessage, Lead, OutboundMessage
+from leadloop.storage.models import Event, InboundMessage, Lead, MailThread, OutboundMessage
 
 log = logging.getLogger("leadloop.daemon.replay")
 
@@ -75,6 +77,11 @@ async def replay(
     clock = ManualClock(_start_time(files + sent_files))
     settings = loaded.settings
     with tempfile.TemporaryDirectory(prefix="leadloop-replay-") as scratch:
+        if stages is None:
+            # The daemon's keys, so reply tokens in real mail verify; a scratch
+            # key where the daemon never ran (nothing is written to its state).
+            keys_dir = loaded.state_dir if (loaded.state_dir / TOKEN_KEYS_FILE).exists() else None
+            stages = build_stages(loaded, token_keys(loaded, keys_dir or Path(scratch)))
         db = await open_database(f"sqlite+aiosqlite:///{scratch}/replay.db")
         try:
             return await _run(db, directory, files, sent_files, clock, settings, out, stages)
@@ -181,11 +188,13 @@ async def _inbound_line(db: Database, inbound_id: int, file: str) -> dict[str, A
         "file": file,
         "message_id": row.message_id,
         "lead": lead.email if lead else None,
+        "thread": row.thread_id,
         "kind": row.kind,
         "intent": row.result.get("intent"),
         "action": row.result.get("action"),
         "reasons": [reason for event in events for reason in event.reasons],
         "defects": row.defects,
+        "visible_length": row.result.get("visible_length"),
         "status": row.status,
     }
 
@@ -228,8 +237,27 @@ async def _store_sent(db: Database, path: Path, now: datetime) -> None:
         )
         if exists:
             return
+        # Earlier mail of ours to a known lead opens (or continues) its thread,
+        # so replies to it thread as they would in production.
+        lead = (
+            await session.scalar(select(Lead).where(Lead.email.in_(to_addrs))) if to_addrs else None
+        )
+        thread_id = None
+        if lead is not None:
+            thread = MailThread(
+                lead_id=lead.id,
+                subject=normalize_subject(envelope.subject or ""),
+                root_message_id=envelope.message_id,
+                created_at=envelope.date or now,
+                last_message_at=envelope.date or now,
+            )
+            session.add(thread)
+            await session.flush()
+            thread_id = thread.id
         session.add(
             OutboundMessage(
+                lead_id=lead.id if lead else None,
+                thread_id=thread_id,
                 message_id=envelope.message_id,
                 in_reply_to=next(iter(envelope.headers.get("in-reply-to", [])), None),
                 references=(envelope.headers.get("references") or [""])[0].split(),

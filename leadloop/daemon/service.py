@@ -26,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from leadloop import config as config_module
 from leadloop.agent.due import run_due
 from leadloop.agent.pipeline import Pipeline, Stage
+from leadloop.agent.stages import build_stages, token_keys
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
 from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
@@ -201,7 +202,7 @@ class Service:
                 self.db,
                 self.clock,
                 owner=self.owner,
-                stages=self.stages,
+                stages=self.stages or build_stages(self.loaded, token_keys(self.loaded)),
                 max_attempts=settings.pipeline.max_attempts,
                 retry_backoff=settings.pipeline.retry_backoff,
             )

@@ -9,20 +9,19 @@ the stages after it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 
+from leadloop.mail.headers import safe_header_value
+
 SYNTHETIC_DOMAIN = "synthetic.leadloop.invalid"
 _MSGID = re.compile(r"<([^<>\s]+)>")
-_UNSAFE = re.compile(r"[\x00\r\n\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
@@ -37,19 +36,6 @@ class Envelope:
     defects: list[str] = field(default_factory=list)
 
 
-def clean_header(value: str) -> str:
-    """Unfold, drop CR, LF, NUL and invisible Unicode, trim."""
-    return " ".join(_UNSAFE.sub(" ", value).split())
-
-
-def decode(value: object) -> str:
-    """Decode RFC 2047 words; on any failure keep the raw text."""
-    text = str(value)
-    with contextlib.suppress(LookupError, UnicodeError, ValueError, AssertionError):
-        text = str(make_header(decode_header(text)))
-    return clean_header(text)
-
-
 def normalize_message_id(value: str | None) -> str | None:
     """``" <Abc@x> "`` -> ``"<Abc@x>"``; ``None`` when there is no id in it."""
     if not value:
@@ -57,7 +43,7 @@ def normalize_message_id(value: str | None) -> str | None:
     match = _MSGID.search(value)
     if match:
         return f"<{match.group(1)}>"
-    bare = clean_header(value)
+    bare = safe_header_value(value)
     if bare and " " not in bare and "@" in bare:
         return f"<{bare.strip('<>')}>"
     return None
@@ -68,7 +54,7 @@ def synthetic_message_id(from_: str, date: str, subject: str, body: bytes) -> st
     body, so the same message gets the same id after any rescan."""
     digest = hashlib.sha256()
     for part in (from_, date, subject):
-        digest.update(clean_header(part).encode("utf-8", "surrogateescape"))
+        digest.update(safe_header_value(part).encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     digest.update(body)
     return f"<{digest.hexdigest()[:40]}@{SYNTHETIC_DOMAIN}>"
@@ -90,7 +76,7 @@ def read_envelope(raw: bytes) -> Envelope:
 
     headers: dict[str, list[str]] = {}
     for name, value in message.items():
-        headers.setdefault(name.lower(), []).append(decode(value))
+        headers.setdefault(name.lower(), []).append(safe_header_value(str(value)))
 
     def first(name: str) -> str:
         values = headers.get(name)
@@ -120,7 +106,7 @@ def read_envelope(raw: bytes) -> Envelope:
     return Envelope(
         message_id=message_id,
         message_id_synthetic=synthetic,
-        from_addr=clean_header(from_addr) if from_addr else None,
+        from_addr=safe_header_value(from_addr) if from_addr else None,
         subject=first("subject") or None,
         date=date,
         headers=headers,

@@ -1,0 +1,90 @@
+"""Signed tokens, in one module (DESIGN.md, Trust).
+
+A token names what it is for (its *purpose*), carries the id of the key that
+signed it so keys can rotate (the first key signs, every listed key
+verifies), and an HMAC-SHA256 truncated to 60 bits in base32.  Keys live in
+a file in the state directory (``tokens.keys``: one ``id:hex`` per line, the
+first signs), created with a random key on first use, so no secret is ever
+in ``config.toml``.  To rotate, put a new line first and keep the old ones
+for as long as their tokens must verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_KEY_ID = re.compile(r"^[a-z0-9]{1,8}$")
+# The reply token: "LL-<thread id>-<key id>-<mac>", in our footer and, where
+# the mailbox's server supports subaddressing, in Reply-To as local+TOKEN@.
+REPLY_TOKEN = re.compile(r"\bLL-(\d{1,12})-([a-z0-9]{1,8})-([a-z2-7]{12})\b", re.IGNORECASE)
+
+
+class TokenKeyError(Exception):
+    """The key file is unreadable or malformed."""
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    keys: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> TokenKeys:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"k1:{secrets.token_hex(32)}\n")
+        keys: list[tuple[str, bytes]] = []
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise TokenKeyError(f"cannot read {path}: {exc.strerror}") from exc
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key_id, _, secret = line.partition(":")
+            try:
+                if not _KEY_ID.match(key_id):
+                    raise ValueError("bad key id")
+                keys.append((key_id, bytes.fromhex(secret)))
+            except ValueError as exc:
+                raise TokenKeyError(f"{path}:{number}: expected 'id:hexsecret' ({exc})") from exc
+        if not keys:
+            raise TokenKeyError(f"{path} holds no key")
+        return cls(tuple(keys))
+
+    def _mac(self, key: bytes, purpose: str, payload: str) -> str:
+        digest = hmac.new(key, f"{purpose}\0{payload}".encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest).decode("ascii").lower()[:12]
+
+    def sign(self, purpose: str, payload: str) -> tuple[str, str]:
+        key_id, key = self.keys[0]
+        return key_id, self._mac(key, purpose, payload)
+
+    def verify(self, purpose: str, payload: str, key_id: str, mac: str) -> bool:
+        for candidate_id, key in self.keys:
+            if candidate_id == key_id.lower():
+                return hmac.compare_digest(self._mac(key, purpose, payload), mac.lower())
+        return False
+
+    def reply_token(self, thread_id: int) -> str:
+        key_id, mac = self.sign("reply", str(thread_id))
+        return f"LL-{thread_id}-{key_id}-{mac}"
+
+    def find_reply_token(self, texts: Iterable[str]) -> int | None:
+        """The thread id of the first validly signed reply token in *texts*."""
+        for text in texts:
+            for match in REPLY_TOKEN.finditer(text or ""):
+                thread_id, key_id, mac = match.groups()
+                if self.verify("reply", thread_id, key_id, mac):
+                    return int(thread_id)
+        return None
