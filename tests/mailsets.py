@@ -8,15 +8,22 @@ encodings, so a parse problem shows up as a wrong score, not a crash.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
 from dataclasses import dataclass
 from datetime import date, datetime
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+from leadloop.mail.autoreply import AutoReplyReport, detect_auto_reply
+from leadloop.mail.optout import detect_list_mail, detect_opt_out
+from leadloop.mail.reply import visible_text
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 SCREENING = Path(__file__).resolve().parent / "fixtures" / "screening"
@@ -48,16 +55,23 @@ def _content(part: Message | None) -> str | None:
             return payload.decode("latin-1")
 
 
+def _decode(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except (LookupError, UnicodeError, ValueError, AssertionError):
+        return value
+
+
 def parse_mail(raw: bytes) -> Mail:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     headers: dict[str, list[str]] = {}
-    for name in message:
+    for name, raw_value in message.raw_items():
         try:
-            values = [str(value) for value in message.get_all(name, [])]
-        except Exception:  # a header the policy cannot parse: keep its raw text
-            values = [str(value) for value in message.get_all(name, [])]
-        headers.setdefault(name.lower(), values)
+            value = str(message.policy.header_fetch_parse(name, raw_value))
+        except Exception:  # a header the policy cannot parse: decode it leniently
+            value = _decode(str(raw_value))
+        headers.setdefault(name.lower(), []).append(value)
     text = html = None
     try:
         text = _content(message.get_body(("plain",)))
@@ -65,10 +79,8 @@ def parse_mail(raw: bytes) -> Mail:
     except Exception:  # broken MIME structure: no body
         pass
     sent_at = None
-    try:
+    with contextlib.suppress(TypeError, ValueError, IndexError):
         sent_at = parsedate_to_datetime(headers.get("date", [""])[0])
-    except (TypeError, ValueError, IndexError):
-        pass
     return Mail(headers, (headers.get("subject") or [""])[0], text, html, sent_at)
 
 
@@ -94,3 +106,42 @@ def screening_mail(entry: dict[str, Any]) -> Mail:
 def label_date(entry: dict[str, Any]) -> date | None:
     value = entry.get("return_date")
     return date.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class Screened:
+    """One screening mail and what the screening functions make of it."""
+
+    entry: dict[str, Any]
+    mail: Mail
+    visible: str
+    auto: AutoReplyReport
+    opt_out: tuple[str, ...]
+    list_mail: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return str(self.entry["label"])
+
+    @property
+    def language(self) -> str:
+        return str(self.entry["language"])
+
+
+@cache
+def screened() -> tuple[Screened, ...]:
+    rows = []
+    for entry in screening_entries():
+        mail = screening_mail(entry)
+        visible = visible_text(mail.text, mail.html)
+        rows.append(
+            Screened(
+                entry,
+                mail,
+                visible,
+                detect_auto_reply(mail.headers, mail.subject, visible, mail.sent_at),
+                detect_opt_out(visible, mail.subject),
+                detect_list_mail(mail.headers),
+            )
+        )
+    return tuple(rows)

@@ -428,9 +428,14 @@ class Service:
 
     async def listen(self, watcher: Watcher) -> None:
         """Wait for the server to push new mail (IMAP IDLE) and poll at once
-        when it does; the scheduler's interval poll stays as the safety net."""
+        when it does; the scheduler's interval poll stays as the safety net.
+
+        The fetching connection owns outage handling (backoff, alerts): when
+        IDLE fails, the listener polls, which reconnects or records the
+        outage, and tries IDLE again after its own growing pause."""
         inbox = watcher.inbox
         assert isinstance(inbox, ImapInbox)
+        idle_failures = 0
         while not self.stop_event.is_set():
             await watcher.ready.wait()
             try:
@@ -438,8 +443,13 @@ class Service:
             except ChannelError as exc:
                 if self.stop_event.is_set():
                     return
-                await self._mailbox_failed(watcher, exc)
+                idle_failures += 1
+                pause = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (idle_failures - 1))
+                log.debug("mailbox=%s IDLE failed (%s); polling", watcher.config.name, exc)
+                await self.poll(watcher)
+                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
                 continue
+            idle_failures = 0
             if changed:
                 await self.poll(watcher)
             elif not inbox.can_push:

@@ -10,8 +10,13 @@ Evidence comes in three strengths:
   machines make ("This is an automated message", "mailbox is not monitored"):
   enough alone;
 * what a person might also write ("I'm on vacation", "back on Monday",
-  "limited access to email", a bare "Urlaub" subject): two different kinds are
+  "limited access to email", "is no longer with the company", "we have
+  received your message", a bare "Urlaub" subject): two different kinds are
   needed.
+
+Out of office means an absence is stated (or the responder's subject or a
+vacation header says so); receipts, "not monitored" and "no longer with us"
+notices are automatic but not out of office.
 
 Questions ("Is there an out-of-office mode?") are never evidence, and neither
 are subject or body of list mail (``List-Id``/``List-Unsubscribe``): a
@@ -48,6 +53,8 @@ class AutoReplyReport:
 
 
 NOT_AUTO = AutoReplyReport(False, False, None, ())
+_MAX_TEXT = 20_000  # a responder says what it is in its first lines
+_MAX_SUBJECT = 1_000
 
 # --- headers ---------------------------------------------------------------
 
@@ -156,9 +163,6 @@ _MACHINE = re.compile(
     r"|this\s+(?:mailbox|inbox|(?:e-?mail\s+)?address)\s+is\s+(?:not|no\s+longer)\s+"
     r"(?:monitored|read|attended|checked|in\s+use|active)"
     r"|(?:replies|messages)\s+(?:to\s+this\s+address\s+)?are\s+not\s+(?:read|monitored)"
-    r"|your\s+(?:request|ticket|case|message|e-?mail)\s+(?:\(?#?\d+\)?\s+)?has\s+been\s+"
-    r"(?:received|logged|registered|created)"
-    r"|we\s+have\s+received\s+your\s+(?:message|request|e-?mail|enquiry|inquiry)"
     r"|dies\s+ist\s+eine\s+automatisch(?:e|\s+generierte|\s+erstellte)?"
     r"|automatisch\s+(?:generiert|erstellt)e?"
     r"|(?:diese\s+)?(?:e-?mail-?adresse|adresse|mailbox|postfach)\s+wird\s+nicht\s+"
@@ -169,14 +173,24 @@ _MACHINE = re.compile(
     r"|message\s+(?:g[ée]n[ée]r[ée]\s+)?automatiquement|merci\s+de\s+ne\s+pas\s+(?:y\s+)?r[ée]pondre"
     r"|(?:cette\s+)?adresse\s+(?:[ée]lectronique\s+|e-?mail\s+)?n'est\s+plus\s+"
     r"(?:consult[ée]e|lue|utilis[ée]e|active)"
-    r"|nous\s+avons\s+bien\s+re[çc]u\s+votre\s+(?:demande|message|courriel|e-?mail)"
     r"|(?:este\s+es\s+un\s+)?mensaje\s+(?:generado\s+)?autom[áa]tic(?:o|amente)"
     r"|generado\s+autom[áa]ticamente|(?:por\s+favor,?\s+)?no\s+responda\s+a\s+este"
-    r"|este\s+buz[óo]n\s+no\s+(?:es\s+atendido|se\s+(?:lee|revisa)|est[áa]\s+(?:monitorizado|vigilado))"
+    r"|este\s+buz[óo]n\s+no\s+(?:es\s+atendido|se\s+(?:lee|revisa)|est[áa]\s+(?:monitorizado|vigilado))",
+    re.IGNORECASE,
+)
+# a receipt: machines say it, but so might a person ("we have received your
+# message and will discuss it"), so it needs a second cue
+_RECEIPT = re.compile(
+    r"your\s+(?:request|ticket|case|message|e-?mail)\s+(?:\(?#?\d+\)?\s+)?has\s+been\s+"
+    r"(?:received|logged|registered|created)"
+    r"|we\s+have\s+received\s+your\s+(?:message|request|e-?mail|enquiry|inquiry)"
+    r"|ihre\s+(?:anfrage|nachricht|e-?mail)\s+(?:ist\s+bei\s+uns\s+eingegangen|wurde\s+erfasst)"
+    r"|nous\s+avons\s+bien\s+re[çc]u\s+votre\s+(?:demande|message|courriel|e-?mail)"
     r"|hemos\s+recibido\s+su\s+(?:solicitud|correo|mensaje|consulta|e-?mail)",
     re.IGNORECASE,
 )
-# the person has left: auto-generated, not an absence
+# the person has left: auto-generated, not an absence; a person can say it too
+# ("Kevin is no longer with us, I took over"), so it needs a second cue
 _DEPARTED = re.compile(
     r"\bis\s+no\s+longer\s+(?:with|employed|working)|\bhas\s+left\s+(?:the\s+company|\w+)"
     r"|\bno\s+longer\s+works?\s+(?:at|for)"
@@ -209,11 +223,20 @@ _ABSENT = re.compile(
     re.IGNORECASE,
 )
 # a return stated ("back on", "wieder im Büro", "de retour", "vuelvo")
+_DATE_AHEAD = (
+    r"(?=(?:the\s+)?\d|mon|tue|wed|thu|fri|sat|sun|jan|feb|mar|apr|may|jun|jul|aug|sep|oct"
+    r"|nov|dec)"
+)
 _RETURN = re.compile(
-    r"\b(?:(?:i\s+will|i'll|will)\s+be\s+back|be\s+back\s+(?:on|in)|back\s+in\s+the\s+office"
-    r"|(?:and|i'm|i\s+am)\s+back\s+on|^\s*back\s+on|will\s+return|returning\s+(?:to\s+the\s+office\s+)?on"
-    r"|return\s+to\s+the\s+office\s+on)\b"
-    r"|\bwieder\s+(?:im\s+(?:b[üu]ro|hause?)|erreichbar|da\b|f[üu]r\s+sie\s+(?:da|erreichbar)"
+    r"\b(?:(?:i\s+will|i'll|will|shall)\s+be\s+back|back\s+in\s+(?:the\s+)?office|will\s+return"
+    r"|return\s+to\s+(?:the\s+)?(?:office|work))\b"
+    # "back on March 14", "back Thursday" - not "call you back on Monday"
+    r"|(?<!call\s)(?<!get\s)(?<!ring\s)(?<!write\s)(?<!you\s)(?<!me\s)(?<!him\s)(?<!her\s)"
+    r"(?<!them\s)(?<!us\s)\bback\s+(?:at\s+(?:work|my\s+desk)\s+)?(?:on\s+|from\s+)?"
+    + _DATE_AHEAD
+    + r"|\breturning\s+(?:to\s+(?:the\s+)?(?:office|work)\s+)?(?:on\s+)?"
+    + _DATE_AHEAD
+    + r"|\bwieder\s+(?:im\s+(?:b[üu]ro|hause?)|erreichbar|da\b|f[üu]r\s+sie\s+(?:da|erreichbar)"
     r"|zur[üu]ck|im\s+dienst)|\bkehre\s+" + _GAP + r"zur[üu]ck|\bzur[üu]ck\s+am\b"
     r"|\b(?:de\s+retour|serai\s+de\s+retour|je\s+reviendrai|retour\s+(?:le|pr[ée]vu)|d[èe]s\s+"
     r"(?:le\s+)?(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche|\d))"
@@ -255,7 +278,9 @@ def _is_question(sentence: str) -> bool:
 
 
 def _statements(text: str) -> list[str]:
-    return [sentence for sentence in _sentences(text) if not _is_question(sentence)]
+    """Sentences that state something: no questions, nothing quoted with ``>``."""
+    own = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+    return [sentence for sentence in _sentences(own) if not _is_question(sentence)]
 
 
 # --- return date -----------------------------------------------------------
@@ -285,8 +310,13 @@ _DATE = re.compile(
     r"(?P<week>\b(?:kw|calendar\s+week|week|semaine|semana)\s*(?P<weekno>\d{1,2})\b)"
     r"|" + _ON_WEEKDAY + r"(?:(?P<iso>\b\d{4}-\d{2}-\d{2}\b)"
     r"|(?P<numeric>\b\d{1,2}[./]\d{1,2}(?:[./](?:\d{4}|\d{2})\b|\.)?)"
-    r"|(?P<named>\b" + _DAY + r"\s+(?:de\s+)?(?:" + _MONTHS + r")(?![^\W\d_])(?:,?\s+(?:de\s+)?\d{4})?"
-    r"|\b(?:" + _MONTHS + r")\s+" + _DAY + r"(?!\d)(?:,?\s+\d{4})?))"
+    r"|(?P<named>\b"
+    + _DAY
+    + r"\s+(?:de\s+)?(?:"
+    + _MONTHS
+    + r")(?![^\W\d_])(?:,?\s+(?:de\s+)?\d{4})?"
+    r"|\b(?:" + _MONTHS + r")\s+" + _DAY + r"(?!\d)(?:,?\s+\d{4})?)"
+    r"|(?P<ordinal>(?:\bthe\s+)?\b(?P<dayno>\d{1,2})(?:st|nd|rd|th)\b))"
     r"|(?P<weekday>\b(?:" + _WEEKDAY + r")\b)",
     re.IGNORECASE,
 )
@@ -313,6 +343,19 @@ def _resolve(match: re.Match[str], base: datetime.date) -> datetime.date | None:
             return datetime.date.fromisoformat(match.group("iso"))
         if match.group("numeric"):
             return _numeric(match.group("numeric"), base)
+        if match.group("ordinal"):
+            day_of_month = int(match.group("dayno"))
+            month_start = base.replace(day=1)
+            for months_ahead in range(3):
+                year = month_start.year + (month_start.month - 1 + months_ahead) // 12
+                month = (month_start.month - 1 + months_ahead) % 12 + 1
+                try:
+                    candidate = datetime.date(year, month, day_of_month)
+                except ValueError:
+                    continue
+                if candidate >= base:
+                    return candidate
+            return None
         if match.group("weekday"):
             day = _WEEKDAY_NAMES[match.group("weekday").lower()]
             ahead = (day - base.weekday()) % 7 or 7
@@ -334,8 +377,9 @@ def _resolve(match: re.Match[str], base: datetime.date) -> datetime.date | None:
 
 
 def _numeric(value: str, base: datetime.date) -> datetime.date | None:
-    """"23.03.2026", "7.4.", "3/23/2026", "18/03/2026": dots are day first; a
-    slash is read both ways and the reading nearest after ``base`` wins."""
+    """A numeric date: "23.03.2026", "7.4.", "3/23/2026", "18/03/2026".  Dots
+    are day first; a slash is read both ways and the reading nearest after
+    ``base`` wins."""
     parts = [int(part) for part in re.split(r"[./]", value) if part]
     first, second = parts[0], parts[1]
     year = parts[2] if len(parts) > 2 else None
@@ -400,11 +444,12 @@ def detect_auto_reply(
     """Whether a mail was sent automatically, whether it is an out-of-office
     notice, and the day its sender says they are back.
 
-    ``headers`` maps lowercased names to decoded values; ``text`` is the
-    visible text of the body (``reply.visible_text``).  Never raises.
+    ``headers`` maps lowercased names to decoded values; ``text`` is best the
+    visible text of the body (``reply.visible_text``); a whole body works too,
+    its ``>`` quotes are ignored.  Never raises.
     """
     try:
-        return _detect(headers, subject or "", text or "", sent_at)
+        return _detect(headers, (subject or "")[:_MAX_SUBJECT], (text or "")[:_MAX_TEXT], sent_at)
     except Exception as exc:  # screening must go on
         log.warning("detect_auto_reply failed (%s)", exc.__class__.__name__)
         return NOT_AUTO
@@ -423,32 +468,37 @@ def _detect(
     strong_subject = None if listed else _SUBJECT_STRONG.match(subject)
     weak_subject = None if listed else _SUBJECT_WEAK.match(subject)
     machine = [m for s in statements if (m := _MACHINE.search(s))]
-    departed = [m for s in statements if (m := _DEPARTED.search(s))]
-    absent = [m for s in statements if (m := _ABSENT.search(s))]
-    back = [m for s in statements if (m := _RETURN.search(s))]
-    handling = [m for s in statements if (m := _HANDLING.search(s))]
-    kinds = sum(1 for cues in (absent, back, handling) if cues)
+    # weak cues: a person might write any one of them, a responder writes several
+    weak = {
+        name: [m for s in statements if (m := pattern.search(s))]
+        for name, pattern in (
+            ("absent", _ABSENT),
+            ("back", _RETURN),
+            ("handling", _HANDLING),
+            ("departed", _DEPARTED),
+            ("receipt", _RECEIPT),
+        )
+    }
+    kinds = sum(1 for cues in weak.values() if cues) + bool(weak_subject)
 
     if strong_subject:
         evidence.append(f"subject: {strong_subject.group(0).strip()!r}")
     if machine:
         evidence.append(f"body: {_quote(machine[0])!r}")
-    if departed:
-        evidence.append(f"body: {_quote(departed[0])!r}")
-    if weak_subject and (kinds or machine or departed):
-        evidence.append(f"subject: {subject.strip()!r}")
-    if kinds >= 2 or (evidence and kinds):
-        for cues in (absent, back, handling):
-            if cues:
-                evidence.append(f"body: {_quote(cues[0])!r}")
+    if evidence or kinds >= 2:
+        if weak_subject:
+            evidence.append(f"subject: {subject.strip()!r}")
+        evidence.extend(f"body: {_quote(cues[0])!r}" for cues in weak.values() if cues)
     if not evidence:
         return NOT_AUTO
 
-    # a receipt or a "not monitored" notice is auto-generated unless it also states an absence
+    # receipts, "not monitored" and "no longer with us" notices are auto-generated
+    # unless they also state an absence
+    absence = bool(weak["absent"] or weak["back"])
     out_of_office = (
-        not departed
-        and (bool(absent or back) or not machine)
-        and (vacation or bool(absent or back) or bool(strong_subject))
+        not weak["departed"]
+        and (absence or not (machine or weak["receipt"]))
+        and (vacation or absence or bool(strong_subject))
     )
     return_date = None
     if out_of_office:

@@ -26,6 +26,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 _MAX_LINES = 15  # a request sits in the first lines, not at the end of a long mail
+_MAX_TEXT = 20_000
+_MAX_SUBJECT = 1_000
 
 # --- where the person's own words end -----------------------------------------
 
@@ -47,18 +49,29 @@ _FOOTER = re.compile(
 
 
 def _lead(text: str) -> list[str]:
-    """The person's own lines: not quoted, before a sign-off or footer, the first few."""
-    lines: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(">"):
-            continue
-        if lines and (_SIGN_OFF.match(stripped) or _FOOTER.match(stripped)):
+    """The person's own lines: not quoted, before a sign-off block or footer, the first few."""
+    lines = [
+        line.strip()
+        for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if line.strip() and not line.strip().startswith(">")
+    ]
+    lead: list[str] = []
+    for index, line in enumerate(lines):
+        if lead and (
+            _FOOTER.match(line) or (_SIGN_OFF.match(line) and _name_follows(lines, index))
+        ):
             break
-        lines.append(stripped)
-        if len(lines) >= _MAX_LINES:
+        lead.append(line)
+        if len(lead) >= _MAX_LINES:
             break
-    return lines
+    return lead
+
+
+def _name_follows(lines: Sequence[str], index: int) -> bool:
+    """Whether a sign-off is followed by a name line (or nothing): a signature,
+    not a "Thanks!" before the request."""
+    following = lines[index + 1 : index + 2]
+    return not following or (len(following[0]) <= 60 and not re.search(r"[.!?]", following[0]))
 
 
 _SENTENCE_END = re.compile(
@@ -92,11 +105,31 @@ _LINK_OR_CLICK = re.compile(
     r"https?://|www\.|\b(?:click|klicken|cliquez|clique|haga\s+clic|pulse|hier\s+abmelden)\b",
     re.IGNORECASE,
 )
-_REPLY_WITH_KEYWORD = re.compile(
-    r"\b(?:reply|respond|text|send|antworten\s+sie|antworte|r[ée]pondez|responda|envoyez)\b"
-    r".{0,40}?\b(?:stop|unsubscribe|abmelden|baja|d[ée]sinscription|remove)\b",
+_REPLY_VERB = re.compile(
+    r"\b(?:reply|respond|text|write|antworten\s+sie|antworte|schreiben\s+sie|r[ée]pondez"
+    r"|r[ée]pondre|responda|responder|escriba)\b",
     re.IGNORECASE,
 )
+_KEYWORD_QUOTED = re.compile(
+    r"[\"'„“”«\u201a\u2018\u2019]\s*(?:stop|stopp|unsubscribe|remove|abmelden|austragen|baja|d[ée]sinscription"
+    r"|d[ée]sabonner)\s*[\"'“”»\u2018\u2019]"
+    r"|\b(?:word|wort|mot|palabra)\s+[\"'„“«]?(?:stop|stopp|unsubscribe|remove|abmelden|baja"
+    r"|d[ée]sinscription)",
+    re.IGNORECASE,
+)
+_KEYWORD_CAPS = re.compile(r"\b(?:STOP|STOPP|UNSUBSCRIBE|REMOVE|ABMELDEN|BAJA|DESINSCRIPTION)\b")
+
+
+def _instructs_reply_keyword(sentence: str) -> bool:
+    """ "Reply STOP", "Reply 'unsubscribe'", "responda con la palabra BAJA": a
+    footer's instruction to the reader, not a request."""
+    for verb in _REPLY_VERB.finditer(sentence):
+        window = sentence[verb.end() : verb.end() + 50]
+        if _KEYWORD_QUOTED.search(window) or _KEYWORD_CAPS.search(window):
+            return True
+    return False
+
+
 _NEGATION = re.compile(
     r"\b(?:don't|dont|do\s+not|never|not|nicht|niemals|keinesfalls|ne|n'|pas|no|nunca|jam[áa]s)\b",
     re.IGNORECASE,
@@ -113,7 +146,7 @@ def _counts(sentence: str) -> bool:
     return not (
         _CONDITIONAL.match(sentence)
         or _LINK_OR_CLICK.search(sentence)
-        or _REPLY_WITH_KEYWORD.search(sentence)
+        or _instructs_reply_keyword(sentence)
     )
 
 
@@ -160,8 +193,11 @@ _REQUESTS: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
         (r"^\W*(?:please\s+)?unsubscribe\b|\bunsubscribe\s+(?:me|us)\b", True),
         (r"\b(?:want|wish|like|would\s+like|'d\s+like|need)\s+to\s+unsubscribe\b", True),
         (
-            r"\b(?:remove|delete|take|drop|strike|erase|scrub)\s+" + _OBJECT_EN
-            + r"\b.{0,80}?\b(?:from|off|out\s+of)\b.{0,40}?\b" + _LIST_EN + r"\b",
+            r"\b(?:remove|delete|take|drop|strike|erase|scrub)\s+"
+            + _OBJECT_EN
+            + r"\b.{0,80}?\b(?:from|off|out\s+of)\b.{0,40}?\b"
+            + _LIST_EN
+            + r"\b",
             True,
         ),
         (r"\btake\s+(?:me|us)\s+off\b", True),
@@ -183,7 +219,10 @@ _REQUESTS: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
         ),
         (r"\bno\s+(?:more|further)\s+(?:\w+\s+)?(?:e-?mails?|mails?|messages)\b", True),
         (r"\b(?:lose|forget)\s+my\s+(?:e-?mail\s+)?address\b", True),
-        (r"\b(?:don't|do\s+not)\s+want\s+to\s+(?:see|receive|get)\s+(?:another|any\s+more)\b", False),
+        (
+            r"\b(?:don't|do\s+not)\s+want\s+to\s+(?:see|receive|get)\s+(?:another|any\s+more)\b",
+            False,
+        ),
         (
             r"\bobject\s+to\s+(?:the\s+)?(?:processing|use)\s+of\s+my\s+(?:personal\s+)?data"
             r"|\b(?:erase|delete)\s+(?:all\s+)?(?:the\s+)?(?:my\s+)?personal\s+data"
@@ -198,10 +237,14 @@ _REQUESTS: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
         ),
         (
             r"\b(?:l[öo]schen|entfernen|streichen|sperren|austragen)\s+sie\s+(?:bitte\s+)?"
-            + _OBJECT_DE + r"\b",
+            + _OBJECT_DE
+            + r"\b",
             True,
         ),
-        (r"\bmelden\s+sie\s+(?:mich|uns)\s+(?:bitte\s+)?(?:\w+\s+){0,4}ab\b|\b(?:mich|uns)\s+abmelden\b", True),
+        (
+            r"\bmelden\s+sie\s+(?:mich|uns)\s+(?:bitte\s+)?(?:\w+\s+){0,4}ab\b|\b(?:mich|uns)\s+abmelden\b",
+            True,
+        ),
         (
             r"\b(?:bitte|w[üu]nsche|w[üu]nschen|m[öo]chte|m[öo]chten)\s+(?:ich\s+|wir\s+)?keine\s+"
             r"(?:weiteren?\s+)?(?:e-?mails?|mails?|nachrichten|werbung|newsletter|zusendungen"
@@ -230,8 +273,8 @@ _REQUESTS: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
             True,
         ),
         (
-            r"\b(?:retirez|supprimez|d[ée]sinscrivez|d[ée]sabonnez|enlevez|rayez|radiez)[- ](?:moi|nous)"
-            r"\b",
+            r"\b(?:retirez|supprimez|d[ée]sinscrivez|d[ée]sabonnez|enlevez|rayez|radiez)"
+            r"[- ](?:moi|nous)\b",
             True,
         ),
         (
@@ -274,7 +317,10 @@ _REQUESTS: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
             r"|enviarnos|molestarme)\b",
             True,
         ),
-        (r"\bya\s+no\s+(?:me\s+)?(?:env[íi]en|enviarme|escriban|escribirme|manden|mandarme)\b", False),
+        (
+            r"\bya\s+no\s+(?:me\s+)?(?:env[íi]en|enviarme|escriban|escribirme|manden|mandarme)\b",
+            False,
+        ),
         (r"\bno\s+(?:deseo|quiero|deseamos|queremos)\s+recibir\s+m[áa]s\b", False),
         (r"\bme\s+opongo\s+al\s+tratamiento|\bsolicito\s+la\s+supresi[óo]n", True),
     )
@@ -282,7 +328,10 @@ _REQUESTS: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
 
 
 def _negated(sentence: str, start: int, end: int) -> bool:
-    before = sentence[max(0, start - 30) : start]
+    """A negation among the three words before the phrase (same clause) or in it:
+    "please don't take me off", "nehmen Sie mich nicht aus dem Verteiler"."""
+    clause = re.split(r"[,;:.!?\u2013\u2014]|\s-\s", sentence[:start])[-1]
+    before = " ".join(clause.split()[-3:])
     return bool(_NEGATION.search(before) or _NEGATION.search(sentence[start:end]))
 
 
@@ -304,7 +353,7 @@ def detect_opt_out(new_text: str, subject: str = "") -> tuple[str, ...]:
     quoted history.  Never raises.
     """
     try:
-        return _detect(new_text or "", subject or "")
+        return _detect((new_text or "")[:_MAX_TEXT], (subject or "")[:_MAX_SUBJECT])
     except Exception:  # screening must go on; a missed opt-out is caught by a human
         return ()
 

@@ -26,6 +26,9 @@ from leadloop.mail.headers import safe_header_value, strip_invisible
 from leadloop.mail.reply import html_to_text
 
 log = logging.getLogger("leadloop.mail.parse")
+# mail-parser logs a warning for every MIME type it leaves alone ("Email
+# content 'report' not handled"): normal for bounces, noise in our log.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
