@@ -113,6 +113,16 @@ def screening_scores() -> dict[str, Any]:
     }
 
 
+def visible_text_scores() -> dict[str, Any]:
+    """Exact match and quoted-line leaks on human_reply_quoted, scored the way
+    tests/test_reply.py scores them (the label formats differ per source)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_reply import evaluate, summary
+
+    result: dict[str, Any] = summary(evaluate())
+    return result
+
+
 def throughput() -> dict[str, Any]:
     files = [CORPUS / e["file"] for e in labels() if e["format"] == "rfc822"]
     raws = [path.read_bytes() for path in files]
@@ -136,6 +146,7 @@ def main() -> int:
         "bounce": score_corpus(CORPUS),
         "auto_reply_corpus": auto_reply_scores(),
         "malformed": malformed_exceptions(),
+        "visible_text": visible_text_scores(),
         "screening": screening_scores(),
         "throughput": throughput(),
     }
@@ -162,6 +173,15 @@ def main() -> int:
     print(
         f"auto-reply accuracy on corpus auto_reply/: {auto['accuracy']:.3f} ({auto['files']} files)"
     )
+    visible = report["visible_text"]
+    print(
+        f"visible text: exact {visible['exact'][0]}/{visible['exact'][1]} "
+        f"({visible['exact_match']:.3f}), quoted-line leaks {visible['leaked'][0]}/"
+        f"{visible['leaked'][1]} ({visible['leak_rate']:.3f})"
+    )
+    for source, counts in visible["sources"].items():
+        if counts["exact"][1]:
+            print(f"  {source:40} {counts['exact'][0]}/{counts['exact'][1]}")
     malformed = report["malformed"]
     print(f"malformed: {malformed['exceptions']} exceptions in {malformed['files']} files")
     scr = report["screening"]
