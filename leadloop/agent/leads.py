@@ -49,6 +49,14 @@ _TRUE = {"1", "true", "yes", "y", "granted", "opt-in", "opted-in"}
 _FALSE = {"0", "false", "no", "n", "denied", "opt-out", "opted-out"}
 
 
+async def lead_by_email(session: AsyncSession, address: str | None) -> Lead | None:
+    """The lead with this address, if there is one."""
+    if not address:
+        return None
+    lead: Lead | None = await session.scalar(select(Lead).where(Lead.email == address.lower()))
+    return lead
+
+
 class RowError(ValueError):
     """A row that cannot be imported; the message says why."""
 

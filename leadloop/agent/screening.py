@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, transition
 from leadloop.agent.pipeline import Done, Next, Outcome, StageContext
 from leadloop.config import LoadedConfig
@@ -103,7 +104,7 @@ class ScreenStage:
         body = "" if parsed.headers_only else parsed.body_text
         auto = detect_auto_reply(parsed.headers, parsed.subject, body, parsed.date)
         if auto.is_auto:
-            lead = await _lead_by_email(session, sender)
+            lead = await lead_by_email(session, sender)
             reasons = [f"auto-reply: {e}" for e in auto.evidence]
             result: dict[str, Any] = {"out_of_office": auto.out_of_office}
             if auto.return_date:
@@ -202,7 +203,7 @@ class ScreenStage:
         updates: dict[str, Any] = {"kind": "unsubscribe"}
         if sender:
             await suppress(session, sender, reason="; ".join(reasons), source="reply", now=now)
-            lead = await _lead_by_email(session, sender)
+            lead = await lead_by_email(session, sender)
             if lead is not None:
                 updates["lead_id"] = lead.id
                 if lead.state != State.OPTED_OUT:
@@ -307,17 +308,10 @@ def _bounce_result(bounce: BounceReport) -> dict[str, Any]:
     }
 
 
-async def _lead_by_email(session: AsyncSession, address: str | None) -> Lead | None:
-    if not address:
-        return None
-    lead: Lead | None = await session.scalar(select(Lead).where(Lead.email == address.lower()))
-    return lead
-
-
 async def _lead_we_mailed(session: AsyncSession, address: str) -> Lead | None:
     """The lead at *address*, only if some mail of ours went to it: a bounce
     maps through our outbound recipients, never an address merely quoted."""
-    lead = await _lead_by_email(session, address)
+    lead = await lead_by_email(session, address)
     if lead is None:
         return None
     sent = await session.scalar(

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, create_lead, transition
 from leadloop.agent.pipeline import Done, Next, Outcome, StageContext
 from leadloop.config import LoadedConfig
@@ -82,7 +83,7 @@ class ThreadStage:
         session, now = ctx.session, ctx.clock.now()
         parsed = parse_mail(item.raw, max_size=self.settings.max_message_size)
         sender = parsed.from_addr
-        lead = await _lead(session, sender)
+        lead = await lead_by_email(session, sender)
         match = await self._match(session, item, parsed, sender)
         reasons: list[str] = []
         if match is not None:
@@ -189,7 +190,7 @@ class ThreadStage:
                 thread = await session.get(MailThread, thread_id)
                 if thread is not None:
                     return Match(thread, "reply token")
-        lead = await _lead(session, sender)
+        lead = await lead_by_email(session, sender)
         subject = normalize_subject(parsed.subject)
         if lead is not None and subject:
             thread = await session.scalar(
@@ -222,13 +223,6 @@ class ThreadStage:
             if count > cap:
                 return f"loop: {count} mails into thread {thread.id} within {window} (cap {cap})"
         return None
-
-
-async def _lead(session: AsyncSession, address: str | None) -> Lead | None:
-    if not address:
-        return None
-    lead: Lead | None = await session.scalar(select(Lead).where(Lead.email == address.lower()))
-    return lead
 
 
 async def _may_continue(session: AsyncSession, thread_lead: Lead, sender: str | None) -> bool:
