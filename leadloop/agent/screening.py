@@ -23,7 +23,7 @@ from leadloop.config import LoadedConfig
 from leadloop.mail.autoreply import detect_auto_reply
 from leadloop.mail.bounce import BounceReport, read_bounce
 from leadloop.mail.optout import detect_list_mail, detect_opt_out
-from leadloop.mail.parse import ParsedMail, parse_mail
+from leadloop.mail.parse import ParseCache, ParsedMail
 from leadloop.mail.reply import visible_text
 from leadloop.mail.tokens import TokenKeys
 from leadloop.storage import repo
@@ -53,10 +53,12 @@ class ScreenSettings:
     sender_per_10min: int
     max_message_size: int
     keys: TokenKeys | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    parses: ParseCache = field(default_factory=ParseCache)
 
     @classmethod
-    def from_config(cls, loaded: LoadedConfig, keys: TokenKeys | None) -> ScreenSettings:
+    def from_config(
+        cls, loaded: LoadedConfig, keys: TokenKeys | None, parses: ParseCache
+    ) -> ScreenSettings:
         settings = loaded.settings
         domain = loaded.our_domain
         return cls(
@@ -70,6 +72,7 @@ class ScreenSettings:
             sender_per_10min=settings.screening.sender_per_10min,
             max_message_size=settings.pipeline.max_message_size,
             keys=keys,
+            parses=parses,
         )
 
 
@@ -84,7 +87,9 @@ class ScreenStage:
         self.settings = settings
 
     async def process(self, item: InboundMessage, ctx: StageContext) -> Outcome:
-        parsed = parse_mail(item.raw, max_size=self.settings.max_message_size)
+        parsed = self.settings.parses.parse(
+            item.id, item.raw, max_size=self.settings.max_message_size
+        )
         session, now = ctx.session, ctx.clock.now()
         sender = parsed.from_addr
 

@@ -8,6 +8,7 @@ from leadloop.agent.pipeline import STAGE_NAMES, PassThrough, Stage
 from leadloop.agent.screening import ScreenSettings, ScreenStage
 from leadloop.agent.threads import ThreadSettings, ThreadStage
 from leadloop.config import LoadedConfig
+from leadloop.mail.parse import ParseCache
 from leadloop.mail.tokens import TokenKeys
 
 TOKEN_KEYS_FILE = "tokens.keys"
@@ -19,9 +20,10 @@ def token_keys(loaded: LoadedConfig, directory: Path | None = None) -> TokenKeys
 
 
 def build_stages(loaded: LoadedConfig, keys: TokenKeys) -> list[Stage]:
+    parses = ParseCache()
     built: dict[str, Stage] = {
-        "screen": ScreenStage(ScreenSettings.from_config(loaded, keys)),
-        "thread": ThreadStage(ThreadSettings.from_config(loaded, keys)),
+        "screen": ScreenStage(ScreenSettings.from_config(loaded, keys, parses)),
+        "thread": ThreadStage(ThreadSettings.from_config(loaded, keys, parses)),
     }
     # understand, decide and act come with the brain and policy issues.
     return [built.get(name) or PassThrough(name) for name in STAGE_NAMES]

@@ -24,7 +24,7 @@ from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, create_lead, transition
 from leadloop.agent.pipeline import Done, Next, Outcome, StageContext
 from leadloop.config import LoadedConfig
-from leadloop.mail.parse import ParsedMail, parse_mail
+from leadloop.mail.parse import ParseCache, ParsedMail
 from leadloop.mail.tokens import TokenKeys
 from leadloop.mail.trust import dmarc_pass
 from leadloop.storage.models import InboundMessage, Lead, MailThread, OutboundMessage
@@ -54,9 +54,12 @@ class ThreadSettings:
     thread_per_hour: int
     max_message_size: int
     keys: TokenKeys | None
+    parses: ParseCache
 
     @classmethod
-    def from_config(cls, loaded: LoadedConfig, keys: TokenKeys | None) -> ThreadSettings:
+    def from_config(
+        cls, loaded: LoadedConfig, keys: TokenKeys | None, parses: ParseCache
+    ) -> ThreadSettings:
         s = loaded.settings
         return cls(
             authserv_id=s.identity.authserv_id,
@@ -64,6 +67,7 @@ class ThreadSettings:
             thread_per_hour=s.screening.thread_per_hour,
             max_message_size=s.pipeline.max_message_size,
             keys=keys,
+            parses=parses,
         )
 
 
@@ -81,10 +85,12 @@ class ThreadStage:
 
     async def process(self, item: InboundMessage, ctx: StageContext) -> Outcome:
         session, now = ctx.session, ctx.clock.now()
-        parsed = parse_mail(item.raw, max_size=self.settings.max_message_size)
+        parsed = self.settings.parses.parse(
+            item.id, item.raw, max_size=self.settings.max_message_size
+        )
         sender = parsed.from_addr
         lead = await lead_by_email(session, sender)
-        match = await self._match(session, item, parsed, sender)
+        match = await self._match(session, item, parsed, lead)
         reasons: list[str] = []
         if match is not None:
             lead_id = match.thread.lead_id
@@ -153,7 +159,7 @@ class ThreadStage:
         return Next(reasons=reasons, updates={**updates, "kind": kind})
 
     async def _match(
-        self, session: AsyncSession, item: InboundMessage, parsed: ParsedMail, sender: str | None
+        self, session: AsyncSession, item: InboundMessage, parsed: ParsedMail, lead: Lead | None
     ) -> Match | None:
         ids = [*parsed.in_reply_to, *reversed(parsed.references)]
         if ids:
@@ -190,7 +196,6 @@ class ThreadStage:
                 thread = await session.get(MailThread, thread_id)
                 if thread is not None:
                     return Match(thread, "reply token")
-        lead = await lead_by_email(session, sender)
         subject = normalize_subject(parsed.subject)
         if lead is not None and subject:
             thread = await session.scalar(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage, Message
@@ -147,6 +149,26 @@ def parse_mail(raw: bytes, *, max_size: int = 25 * 1000**2) -> ParsedMail:
             parsed.defects.append(f"body unreadable: {type(exc2).__name__}")
     parsed.text = strip_invisible(parsed.text)
     return parsed
+
+
+class ParseCache:
+    """The last few parses by a caller's key, so the stages that read one
+    message in turn (screen, then thread) parse it once, not once each."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, ParsedMail] = OrderedDict()
+
+    def parse(self, key: Hashable, raw: bytes, *, max_size: int) -> ParsedMail:
+        parsed = self._items.get(key)
+        if parsed is None:
+            parsed = parse_mail(raw, max_size=max_size)
+            self._items[key] = parsed
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return parsed
 
 
 def _read_with_mailparser(raw: bytes, parsed: ParsedMail) -> None:
