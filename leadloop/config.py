@@ -168,6 +168,11 @@ class IdentityConfig(_Section):
     subaddressing: bool = False
     """Whether the mailboxes' server delivers local+tag@domain to local@domain,
     so a reply token can ride in Reply-To."""
+    postal_address: str | None = None
+    """The sender's postal address, printed in the footer of every lead mail
+    (CAN-SPAM and most B2B rules want one)."""
+    ai_disclosure: str | None = None
+    """A line telling the reader the mail was written with an AI's help."""
 
 
 class ScreeningConfig(_Section):
@@ -205,6 +210,13 @@ class MailboxConfig(SecretSource):
     timeout: Duration = timedelta(seconds=30)
     tls_verify: bool = True
     ca_file: Path | None = None
+    # sending
+    signature: str = ""
+    # Who keeps a copy of what we send: "server" (Gmail, Exchange Online: the
+    # SMTP server files it in Sent, and an unknown outcome is settled by
+    # looking there), "client" (we APPEND a copy after a 250) or "none".
+    sent_copy: Literal["none", "server", "client"] = "none"
+    sent_folder: str = "Sent"
 
     @field_validator("address")
     @classmethod
@@ -222,9 +234,13 @@ class MailboxConfig(SecretSource):
                 raise ValueError(f"{', '.join(given) or 'a password'} is for imap mailboxes only")
             if self.acknowledge == "keyword":
                 raise ValueError('acknowledge = "keyword" needs an imap mailbox')
+            if self.sent_copy != "none":
+                raise ValueError(f'sent_copy = "{self.sent_copy}" needs an imap mailbox')
             return self
         if self.path is not None:
             raise ValueError("path is for maildir mailboxes only")
+        if self.sent_copy != "none" and self.kind != "imap":
+            raise ValueError(f'sent_copy = "{self.sent_copy}" needs an imap mailbox')
         if not self.host:
             raise ValueError("an imap mailbox needs host")
         if not self.username:
@@ -258,11 +274,114 @@ class MailboxConfig(SecretSource):
 
 
 class SmtpConfig(SecretSource):
+    """The relay every mail leaves through (submission on 587 or 465)."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
+    auth: Literal["login", "xoauth2"] = "login"
     timeout: Duration = timedelta(seconds=30)
+    # RFC 5321 4.5.3.2.6: wait at least 10 minutes for the reply to the final dot.
+    data_timeout: Duration = timedelta(minutes=10)
+    connections: int = Field(default=4, ge=1, le=50)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    helo_name: str | None = None
+    verp: bool = False
+    """Envelope sender bounce+<token>@<our domain>, so every bounce names its
+    outbound mail (the server must deliver bounce+*@ to a watched mailbox)."""
+
+    @model_validator(mode="after")
+    def _auth_fits(self) -> SmtpConfig:
+        if self.username and not self.has_secret:
+            raise ValueError("username needs password_env, password_file or password_credential")
+        if self.has_secret and not self.username:
+            raise ValueError("a password needs username")
+        if self.username and self.security == "none" and not is_loopback(self.host):
+            raise ValueError(
+                f'security = "none" sends the password in clear text; refused for {self.host} '
+                "(allowed on loopback only)"
+            )
+        return self
+
+
+class OutboxConfig(_Section):
+    """What may be sent, how fast, and what happens when it fails."""
+
+    # "legitimate_interest" (the B2B default) mails every lead not opted out;
+    # "explicit" only leads imported with consent.
+    consent: Literal["legitimate_interest", "explicit"] = "legitimate_interest"
+    # Caps (0 = none).  What exceeds a cap waits, in order; nothing is dropped.
+    per_lead_day: int = Field(default=3, ge=0)
+    mailbox_per_10min: int = Field(default=20, ge=0)
+    mailbox_per_day: int = Field(default=400, ge=0)
+    domain_per_hour: int = Field(default=10, ge=0)
+    # Waits before each retry of a temporary failure: three in the first hour,
+    # then spread over three days; after the last the mail has failed.
+    retry: list[Duration] = Field(
+        default_factory=lambda: [
+            parse_duration(v) for v in ("5m", "15m", "30m", "2h", "6h", "12h", "24h", "24h")
+        ],
+        min_length=1,
+    )
+    # An unknown outcome (connection lost after the final dot) with
+    # sent_copy = "server": look in Sent this many times, this far apart.
+    in_doubt_lookups: int = Field(default=3, ge=1, le=20)
+    in_doubt_interval: Duration = timedelta(minutes=2)
+    claim_batch: int = Field(default=100, ge=1, le=1000)
+    # The reputation circuit breaker pauses a mailbox on: more than
+    # breaker_bounce_rate permanent bounces over its last breaker_window
+    # sends; breaker_policy_rejections policy rejections from at least
+    # breaker_policy_domains recipient domains within an hour; or one of
+    # breaker_codes (authentication / reputation).
+    breaker_window: int = Field(default=200, ge=10)
+    breaker_bounce_rate: float = Field(default=0.02, gt=0, lt=1)
+    breaker_policy_rejections: int = Field(default=3, ge=1)
+    breaker_policy_domains: int = Field(default=2, ge=1)
+    breaker_codes: list[str] = Field(
+        default_factory=lambda: ["5.7.26", "4.7.26", "5.7.515", "4.7.28", "5.7.28", "5.7.750"]
+    )
+
+
+class TrackingConfig(_Section):
+    public_url: str | None = None
+    """The https address the public listener is reached at; with it, mail
+    carries a one-click unsubscribe link (RFC 8058)."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL (RFC 8058 one-click needs https)")
+        return value.rstrip("/") if value else value
+
+
+class DkimConfig(_Section):
+    """DKIM signing of everything we send (off unless selector is set)."""
+
+    selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    domain: str | None = None
+    """Default: our domain."""
+    private_key_file: Path | None = None
+    private_key_credential: str | None = None
+
+    @model_validator(mode="after")
+    def _key(self) -> DkimConfig:
+        sources = [self.private_key_file, self.private_key_credential]
+        if self.selector and sum(v is not None for v in sources) != 1:
+            raise ValueError(
+                "selector needs exactly one of private_key_file, private_key_credential"
+            )
+        if not self.selector and any(v is not None for v in sources):
+            raise ValueError("a private key needs selector")
+        return self
+
+
+class TokensConfig(SecretSource):
+    """The keys signing tokens: one ``id:hex`` per line, the first signs.
+    Default: generated once into ``tokens.keys`` in the state directory.  The
+    secret may list several keys separated by commas or newlines."""
 
 
 class Config(_Section):
@@ -275,6 +394,10 @@ class Config(_Section):
     screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
     mailboxes: list[MailboxConfig] = Field(default_factory=list)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dkim: DkimConfig = Field(default_factory=DkimConfig)
+    tokens: TokensConfig = Field(default_factory=TokensConfig)
 
     @field_validator("mailboxes")
     @classmethod
@@ -408,6 +531,13 @@ def loads(text: str, file: Path) -> LoadedConfig:
             continue
         if value is not None:
             secrets[tomlpos.format_path(key)] = SecretStr(value)
+    try:
+        dkim_key = _read_dkim_key(settings.dkim, file.parent)
+    except SecretUnavailable as exc:
+        problems.append(problem(("dkim", exc.field), str(exc)))
+    else:
+        if dkim_key is not None:
+            secrets["dkim"] = SecretStr(dkim_key)
     if problems:
         raise ConfigError(file, problems)
     return LoadedConfig(file=file, settings=settings, state_dir=state_dir, secrets=secrets)
@@ -495,6 +625,7 @@ def _state_dir(settings: Config, file: Path) -> Path:
 def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], SecretSource]]:
     yield ("database",), settings.database
     yield ("smtp",), settings.smtp
+    yield ("tokens",), settings.tokens
     for index, box in enumerate(settings.mailboxes):
         yield ("mailboxes", index), box
 
@@ -528,6 +659,28 @@ def read_secret(source: SecretSource) -> str | None:
             raise SecretUnavailable("password_credential", f"not a credential name: {name!r}")
         return _read_secret_file("password_credential", Path(directory) / name)
     return None
+
+
+def _read_dkim_key(dkim: DkimConfig, config_dir: Path) -> str | None:
+    """The whole PEM private key (a secret file holds one line; a key many)."""
+    if dkim.private_key_file is not None:
+        field, path = "private_key_file", dkim.private_key_file.expanduser()
+        path = path if path.is_absolute() else config_dir / path
+    elif dkim.private_key_credential is not None:
+        field = "private_key_credential"
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise SecretUnavailable(field, "$CREDENTIALS_DIRECTORY is not set")
+        path = Path(directory) / dkim.private_key_credential
+    else:
+        return None
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeError) as exc:
+        raise SecretUnavailable(field, f"cannot read {path}: {exc}") from exc
+    if "PRIVATE KEY-----" not in text:
+        raise SecretUnavailable(field, f"{path} holds no PEM private key")
+    return text
 
 
 def _read_secret_file(field: str, path: Path) -> str:

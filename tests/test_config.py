@@ -165,7 +165,7 @@ def test_secret_from_credentials_directory(
     creds.mkdir()
     (creds / "smtp-password").write_text("from-systemd")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    loaded = make_config('[smtp]\npassword_credential = "smtp-password"\n')
+    loaded = make_config('[smtp]\npassword_credential = "smtp-password"\nusername = "sales"\n')
     assert loaded.secret("smtp") == "from-systemd"
 
 
@@ -174,13 +174,13 @@ def test_missing_secret_names_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("LEADLOOP_NOPE", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     text = (
-        '[smtp]\npassword_env = "LEADLOOP_NOPE"\n\n'
+        '[smtp]\npassword_env = "LEADLOOP_NOPE"\nusername = "sales"\n\n'
         f'[database]\npassword_file = "{tmp_path}/missing"\n'
     )
     found = {(path, line): message for path, line, message in problems(text, tmp_path)}
     assert "LEADLOOP_NOPE is not set" in found[("smtp.password_env", 2)]
-    assert "cannot read" in found[("database.password_file", 5)]
-    text = '[smtp]\npassword_credential = "x"\n'
+    assert "cannot read" in found[("database.password_file", 6)]
+    text = '[smtp]\npassword_credential = "x"\nusername = "sales"\n'
     [(path, _, message)] = problems(text, tmp_path)
     assert path == "smtp.password_credential" and "CREDENTIALS_DIRECTORY" in message
 

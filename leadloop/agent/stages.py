@@ -15,7 +15,11 @@ TOKEN_KEYS_FILE = "tokens.keys"
 
 
 def token_keys(loaded: LoadedConfig, directory: Path | None = None) -> TokenKeys:
-    """The signing keys in the state directory (created on first use)."""
+    """The signing keys: from ``[tokens]``'s secret, else the file in the
+    state directory (created on first use)."""
+    secret = loaded.secret("tokens")
+    if secret is not None:
+        return TokenKeys.from_secret(secret)
     return TokenKeys.load_or_create((directory or loaded.state_dir) / TOKEN_KEYS_FILE)
 
 

@@ -100,6 +100,8 @@ class Lead(Base):
     paused_reason: Mapped[str | None] = mapped_column(Text)
     paused_until: Mapped[datetime | None]
     paused_return_state: Mapped[str | None] = mapped_column(String(20))
+    nurture_until: Mapped[datetime | None]
+    """In ``nurture``: lead mail may go out again from this time on."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -130,6 +132,10 @@ class Mailbox(Base):
     pending_acks: Mapped[list[str]] = mapped_column(JSON, default=list)
     """Source ids stored but not yet acknowledged on the server; committed with
     the rows, cleared after the acknowledgement, redone after a crash."""
+    send_paused_at: Mapped[datetime | None]
+    send_paused_reason: Mapped[str | None] = mapped_column(Text)
+    """Set by the reputation circuit breaker (or an operator): nothing is sent
+    from this mailbox until ``leadloop resume --mailbox NAME``."""
 
 
 class MailThread(Base):
@@ -180,8 +186,15 @@ class InboundMessage(Base):
 
 
 class OutboundMessage(Base):
+    """One mail in the outbox.  ``status``: queued -> sending -> sent; or
+    in_doubt, held, failed, rejected, skipped, cancelled (see agent/outbox.py)."""
+
     __tablename__ = "outbound_messages"
-    __table_args__ = (Index("ix_outbound_messages_work", "status", "not_before"),)
+    __table_args__ = (
+        Index("ix_outbound_messages_work", "status", "not_before"),
+        Index("ix_outbound_messages_mailbox_sent", "mailbox_id", "sent_at"),
+        Index("ix_outbound_messages_domain_sent", "recipient_domain", "sent_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
@@ -203,6 +216,34 @@ class OutboundMessage(Base):
     claimed_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """What to build the mail from (body, sender, footer choices); the final
+    bytes go into ``raw`` when the row is first claimed and never change."""
+    envelope_from: Mapped[str | None] = mapped_column(String(320))
+    recipient_domain: Mapped[str | None] = mapped_column(String(253))
+    phase: Mapped[str | None] = mapped_column(String(10))
+    """While ``sending``: ``claimed`` (nothing reached the server's final dot,
+    safe to send again) or ``dot`` (the final dot may have been sent)."""
+    held_reason: Mapped[str | None] = mapped_column(Text)
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    bounced: Mapped[bool] = mapped_column(Boolean, default=False)
+    """A permanent bounce (at RCPT or later by DSN): the circuit breaker counts it."""
+    policy_rejected: Mapped[bool] = mapped_column(Boolean, default=False)
+    copy_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Sent, and a copy still to be appended to the Sent folder (sent_copy = "client")."""
+    finished_at: Mapped[datetime | None]
+
+
+class UsedToken(Base):
+    """Single-use command tokens already spent (``mail/tokens.py``)."""
+
+    __tablename__ = "used_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(30))
+    used_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
 
 
 class Event(Base):

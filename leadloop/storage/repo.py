@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadloop.storage.models import Event, InboundMessage, Mailbox, ScheduledTask
+from leadloop.storage.models import Event, InboundMessage, Mailbox, ScheduledTask, UsedToken
 
 PENDING = "pending"
 CLAIMED = "claimed"
@@ -267,3 +268,21 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
         select(InboundMessage.status, func.count()).group_by(InboundMessage.status)
     )
     return {status: count for status, count in rows}
+
+
+async def spend_token(
+    session: AsyncSession, digest: str, purpose: str, *, now: datetime, expires: datetime | None
+) -> bool:
+    """Record a single-use token as spent; ``False`` if it already was.
+
+    The insert races safely: the unique digest lets exactly one of two
+    concurrent spenders commit."""
+    exists = await session.scalar(select(UsedToken.id).where(UsedToken.digest == digest))
+    if exists is not None:
+        return False
+    try:
+        async with session.begin_nested():
+            session.add(UsedToken(digest=digest, purpose=purpose, used_at=now, expires_at=expires))
+    except IntegrityError:
+        return False
+    return True
