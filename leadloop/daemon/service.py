@@ -25,14 +25,17 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from leadloop import config as config_module
 from leadloop.agent.due import run_due
+from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
 from leadloop.agent.stages import build_stages, token_keys
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
 from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
+from leadloop.channels.smtp import SmtpSettings
 from leadloop.clock import Clock, SystemClock
 from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
 from leadloop.daemon.ingest import ingest_once
+from leadloop.daemon.sender import Sender, SentFolder
 from leadloop.daemon.tasks import TaskKeeper
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
@@ -86,6 +89,32 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
         ca_file=loaded.input_path(box.ca_file) if box.ca_file else None,
     )
     return ImapInbox(box.name, settings, secret)
+
+
+def build_sender(loaded: LoadedConfig, db: Database, clock: Clock, owner: str) -> Sender:
+    """The outbox's sender for *loaded*: its SMTP relay and, for mailboxes
+    with ``sent_copy``, an IMAP connection to their Sent folder."""
+    settings = loaded.settings
+
+    async def secret() -> str | None:
+        return loaded.secret("smtp")
+
+    folders: dict[str, SentFolder] = {}
+    for box in settings.mailboxes:
+        if box.sent_copy != "none" and box.kind == "imap":
+            inbox = build_inbox(box, loaded)
+            assert isinstance(inbox, ImapInbox)
+            folders[box.name] = inbox
+    return Sender(
+        db,
+        OutboxSettings.from_config(loaded, token_keys(loaded)),
+        SmtpSettings.from_config(settings.smtp, loaded.config_dir),
+        secret,
+        clock,
+        worker=owner,
+        connections=settings.smtp.connections,
+        sent_folders=folders,
+    )
 
 
 @dataclass
@@ -186,6 +215,7 @@ class Service:
         self.lock = InstanceLock(loaded.state_dir)
         self.db: Database | None = None
         self.pipeline: Pipeline | None = None
+        self.sender: Sender | None = None
         self.scheduler: AsyncIOScheduler | None = None
 
     # -- start and stop ---------------------------------------------------
@@ -210,6 +240,8 @@ class Service:
             # claim left in the database is a crashed one.
             await self.pipeline.recover(all_claims=self.db.is_sqlite)
             await self._sync_watchers()
+            self.sender = build_sender(self.loaded, self.db, self.clock, self.owner)
+            await self.sender.recover(all_claims=self.db.is_sqlite)
         except BaseException:
             await self._close()
             raise
@@ -273,6 +305,7 @@ class Service:
             await self.poll(watcher)
         await run_due(self.db, self.clock.now(), owner=self.owner)
         await self.pipeline.run_pending()
+        await self.send_due()
 
     def _start_watcher(self, watcher: Watcher) -> None:
         name = watcher.config.name
@@ -285,6 +318,9 @@ class Service:
 
     async def _close(self) -> None:
         await self.tasks.cancel_all()
+        if self.sender is not None:
+            with contextlib.suppress(Exception):
+                await self.sender.close()
         for watcher in self.watchers.values():
             with contextlib.suppress(Exception):
                 await watcher.inbox.close()
@@ -469,8 +505,24 @@ class Service:
                     stats.retried,
                     stats.quarantined,
                 )
+            if not self.stop_event.is_set():
+                await self.send_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), tick)
+
+    async def send_due(self) -> None:
+        """Drain the outbox; a failure is logged and retried at the next tick."""
+        if self.sender is None:
+            return
+        try:
+            result = await self.sender.drain()
+        except Exception:
+            log.exception("sending failed; will try at the next tick")
+            return
+        if result.claimed:
+            log.info(
+                "outbox claimed=%d sent=%d other=%d", result.claimed, result.sent, result.other
+            )
 
     # -- reload -----------------------------------------------------------
     def _request_reload(self) -> None:
@@ -491,6 +543,10 @@ class Service:
             return False
         self.loaded = loaded
         await self._sync_watchers()
+        if self.sender is not None and self.db is not None:
+            old = self.sender
+            self.sender = build_sender(loaded, self.db, self.clock, self.owner)
+            await old.close()
         if self.scheduler is not None:
             self._schedule_jobs()
         log.info("configuration reloaded from %s", loaded.file)

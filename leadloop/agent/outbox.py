@@ -1,0 +1,1221 @@
+"""The outbox: every mail leadloop sends is a row here first.
+
+The decision to send and the row (with its final Message-ID, In-Reply-To,
+References and an idempotency key) commit together (:func:`queue`,
+:func:`queue_reply`, :func:`queue_notice`).  The sender (``daemon/sender.py``)
+claims due rows (:func:`claim`), which re-checks at send time everything that
+may have changed since queueing: the lead's state, suppression, consent, the
+per-lead cap, the mailbox and recipient-domain caps, a paused mailbox.  It
+then reports each SMTP outcome to :func:`record`, which applies the outcome
+table below.  A row's life::
+
+    queued -> sending -> sent
+                      -> queued again (temporary failure, with backoff)
+                      -> in_doubt -> sent | held      (connection lost after the dot)
+                      -> held       (operator: `leadloop outbox release|cancel`)
+                      -> rejected | failed
+    queued -> skipped   (the send rule no longer allows it: recorded, not sent)
+    queued -> cancelled (operator)
+
+Outcomes (also in the README):
+
+=================================================  ==================================
+SMTP outcome                                       what happens
+=================================================  ==================================
+250 after the final dot                            sent
+4xx anywhere, 552 / 5.2.2 (mailbox full),          retry on the ``retry`` schedule (3 in
+connection error before the final dot              the first hour, then over 3 days);
+                                                   then failed, lead to its owner
+5.1.1 5.1.2 5.1.3 5.1.6 5.1.10 5.2.1               rejected; address suppressed, lead
+                                                   ``invalid``
+5.1.7 5.1.8 (our sender)                           mailbox paused, alert; the row waits
+5.7.x policy rejection of one recipient            rejected; that lead to its owner
+a breaker code (5.7.26, 5.7.515, 4.7.28, ...)      mailbox paused, alert; the row waits
+connection lost after the final dot                in doubt: settled in the Sent folder
+                                                   (sent_copy = "server"), else held
+                                                   and alerted; staff notices resent
+any other 5xx                                      failed, lead to its owner
+=================================================  ==================================
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import String, cast, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadloop.agent.alerts import raise_alert
+from leadloop.agent.lifecycle import SENDING_STATES, State, can_transition, transition
+from leadloop.channels.smtp import Delivery, Reply, SmtpFailure
+from leadloop.config import LoadedConfig
+from leadloop.mail import compose
+from leadloop.mail.headers import safe_address, safe_header_value
+from leadloop.mail.tokens import TokenKeys
+from leadloop.storage import repo
+from leadloop.storage.models import InboundMessage, Lead, Mailbox, OutboundMessage, Suppression
+
+log = logging.getLogger("leadloop.agent.outbox")
+ACTOR = "outbox"
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    IN_DOUBT = "in_doubt"
+    HELD = "held"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class Kind(StrEnum):
+    TOUCH = "touch"  # a cadence touch
+    REPLY = "reply"  # a conversational reply
+    INTRO = "intro"  # the warm introduction, sent in `qualified`
+    NOTICE = "notice"  # staff: escalations, hand-offs, digests, confirmations
+
+
+LEAD_KINDS = frozenset({Kind.TOUCH, Kind.REPLY, Kind.INTRO})
+# Counted against caps while the outcome is open or the mail has gone.
+_IN_FLIGHT = (Status.SENDING, Status.IN_DOUBT)
+INVALID_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
+SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
+UNSUBSCRIBE_TTL = timedelta(days=90)  # DESIGN.md: at least 60 days
+
+
+class Verdict(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    INVALID = "invalid"
+    SENDER = "sender"
+    POLICY = "policy"
+    REPUTATION = "reputation"
+    IN_DOUBT = "in_doubt"
+    FAILED = "failed"
+
+
+def verdict(reply: Reply | None, *, in_doubt: bool, breaker_codes: Iterable[str]) -> Verdict:
+    """The outcome table for one reply (``None``: no reply, connection broke)."""
+    if in_doubt:
+        return Verdict.IN_DOUBT
+    if reply is None:
+        return Verdict.RETRY
+    enhanced = reply.enhanced
+    if enhanced is not None and enhanced in set(breaker_codes):
+        return Verdict.REPUTATION
+    if 200 <= reply.code < 300:
+        return Verdict.SENT
+    if (reply.code == 552 and enhanced in (None, "5.2.2")) or enhanced == "5.2.2":
+        return Verdict.RETRY  # mailbox full: RFC 5321 treats 552 as temporary in practice
+    if 400 <= reply.code < 500:
+        return Verdict.RETRY
+    if enhanced in INVALID_STATUSES:
+        return Verdict.INVALID
+    if enhanced in SENDER_STATUSES:
+        return Verdict.SENDER
+    if enhanced is not None and enhanced.startswith("5.7."):
+        return Verdict.POLICY
+    return Verdict.FAILED
+
+
+@dataclass(frozen=True)
+class SenderBox:
+    name: str
+    address: str
+    display_name: str
+    signature: str
+    sent_copy: str
+    sent_folder: str
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    domain: str
+    unsubscribe_address: str | None
+    postal_address: str | None
+    ai_disclosure: str | None
+    public_url: str | None
+    subaddressing: bool
+    verp: bool
+    consent: str
+    per_lead_day: int
+    mailbox_per_10min: int
+    mailbox_per_day: int
+    domain_per_hour: int
+    retry: tuple[timedelta, ...]
+    in_doubt_lookups: int
+    in_doubt_interval: timedelta
+    claim_batch: int
+    lease: timedelta
+    breaker_window: int
+    breaker_bounce_rate: float
+    breaker_policy_rejections: int
+    breaker_policy_domains: int
+    breaker_codes: frozenset[str]
+    mailboxes: dict[str, SenderBox]
+    keys: TokenKeys
+    dkim: compose.DkimSigner | None = None
+
+    @classmethod
+    def from_config(cls, loaded: LoadedConfig, keys: TokenKeys) -> OutboxSettings:
+        s = loaded.settings
+        out = s.outbox
+        domain = loaded.our_domain or "localhost"
+        dkim = None
+        key = loaded.secret("dkim")
+        if s.dkim.selector and key:
+            dkim = compose.DkimSigner(
+                domain=s.dkim.domain or domain, selector=s.dkim.selector, private_key=key.encode()
+            )
+        lease = s.smtp.data_timeout + 6 * s.smtp.timeout
+        return cls(
+            domain=domain,
+            unsubscribe_address=loaded.unsubscribe_address,
+            postal_address=s.identity.postal_address,
+            ai_disclosure=s.identity.ai_disclosure,
+            public_url=s.tracking.public_url,
+            subaddressing=s.identity.subaddressing,
+            verp=s.smtp.verp,
+            consent=out.consent,
+            per_lead_day=out.per_lead_day,
+            mailbox_per_10min=out.mailbox_per_10min,
+            mailbox_per_day=out.mailbox_per_day,
+            domain_per_hour=out.domain_per_hour,
+            retry=tuple(out.retry),
+            in_doubt_lookups=out.in_doubt_lookups,
+            in_doubt_interval=out.in_doubt_interval,
+            claim_batch=out.claim_batch,
+            lease=lease,
+            breaker_window=out.breaker_window,
+            breaker_bounce_rate=out.breaker_bounce_rate,
+            breaker_policy_rejections=out.breaker_policy_rejections,
+            breaker_policy_domains=out.breaker_policy_domains,
+            breaker_codes=frozenset(out.breaker_codes),
+            mailboxes={
+                box.name: SenderBox(
+                    name=box.name,
+                    address=box.address,
+                    display_name=box.display_name,
+                    signature=box.signature,
+                    sent_copy=box.sent_copy,
+                    sent_folder=box.sent_folder,
+                )
+                for box in s.mailboxes
+            },
+            keys=keys,
+            dkim=dkim,
+        )
+
+    def box(self, name: str | None) -> SenderBox:
+        if name and name in self.mailboxes:
+            return self.mailboxes[name]
+        if not self.mailboxes:
+            raise LookupError("no mailbox is configured to send from")
+        return next(iter(self.mailboxes.values()))
+
+
+# -- queueing -----------------------------------------------------------------
+
+
+async def queue(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    *,
+    kind: Kind | str,
+    to: Sequence[str],
+    subject: str,
+    text: str,
+    now: datetime,
+    idempotency_key: str,
+    mailbox: str | None = None,
+    lead: Lead | None = None,
+    thread_id: int | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+    cc: Sequence[str] = (),
+    attachments: Sequence[compose.Attachment] = (),
+    not_before: datetime | None = None,
+    actor: str = ACTOR,
+) -> OutboundMessage:
+    """Put one mail in the outbox, in the caller's transaction.
+
+    The same *idempotency_key* twice returns the first row: a decision
+    replayed after a crash never queues a second mail.
+    """
+    kind = Kind(kind)
+    existing = await session.scalar(
+        select(OutboundMessage).where(OutboundMessage.idempotency_key == idempotency_key)
+    )
+    if existing is not None:
+        return existing
+    recipients = [safe_address(a) for a in to]
+    copies = [safe_address(a) for a in cc]
+    if not recipients:
+        raise ValueError("a mail needs a recipient")
+    if kind in LEAD_KINDS and lead is None:
+        raise ValueError(f"{kind} mail needs its lead")
+    box = settings.box(mailbox)
+    box_row = await session.scalar(select(Mailbox).where(Mailbox.name == box.name))
+    row = OutboundMessage(
+        mailbox_id=box_row.id if box_row else None,
+        lead_id=lead.id if lead else None,
+        thread_id=thread_id,
+        message_id=compose.new_message_id(settings.domain),
+        in_reply_to=in_reply_to,
+        references=list(references),
+        idempotency_key=idempotency_key,
+        kind=kind.value,
+        to_addrs=recipients + copies,
+        subject=safe_header_value(subject),
+        status=Status.QUEUED,
+        attempts=0,
+        not_before=not_before or now,
+        created_at=now,
+        recipient_domain=recipients[0].rsplit("@", 1)[1],
+        payload={
+            "mailbox": box.name,
+            "to": recipients,
+            "cc": copies,
+            "text": text,
+            "attachments": [
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "data": base64.b64encode(a.data).decode("ascii"),
+                }
+                for a in attachments
+            ],
+        },
+    )
+    session.add(row)
+    await session.flush()
+    repo.add_event(
+        session,
+        "outbound.queued",
+        actor=actor,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+        reasons=[f"{kind} to {', '.join(row.to_addrs)}"],
+    )
+    return row
+
+
+async def queue_reply(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    *,
+    lead: Lead,
+    inbound: InboundMessage,
+    text: str,
+    now: datetime,
+    mailbox: str | None = None,
+    actor: str = ACTOR,
+) -> OutboundMessage:
+    """Answer *inbound*: to the lead's own address only (never the From of
+    the mail, never its CCs), threaded under it."""
+    parents = (inbound.headers or {}).get("references", [])
+    chain = " ".join(parents).split()
+    parent = (inbound.message_id or "").strip()
+    references = compose.references_for(parent, chain)
+    # A malformed parent id is dropped by references_for; then no In-Reply-To.
+    in_reply_to = parent if references and references[-1] == parent else None
+    return await queue(
+        session,
+        settings,
+        kind=Kind.REPLY,
+        to=[lead.email],
+        subject=compose.reply_subject(inbound.subject),
+        text=text,
+        now=now,
+        idempotency_key=f"reply:{inbound.id}",
+        mailbox=mailbox,
+        lead=lead,
+        thread_id=inbound.thread_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        actor=actor,
+    )
+
+
+async def queue_notice(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    *,
+    to: Sequence[str],
+    subject: str,
+    text: str,
+    now: datetime,
+    idempotency_key: str,
+    lead: Lead | None = None,
+    actor: str = ACTOR,
+) -> OutboundMessage:
+    """A staff notice: plain text, ``Auto-Submitted: auto-generated``."""
+    return await queue(
+        session,
+        settings,
+        kind=Kind.NOTICE,
+        to=to,
+        subject=subject,
+        text=text,
+        now=now,
+        idempotency_key=idempotency_key,
+        lead=lead,
+        actor=actor,
+    )
+
+
+# -- building -----------------------------------------------------------------
+
+
+def envelope_sender(settings: OutboxSettings, row: OutboundMessage) -> str:
+    box = settings.box(row.payload.get("mailbox"))
+    if not settings.verp:
+        return box.address
+    token = settings.keys.make("verp", str(row.id))
+    return f"bounce+{token}@{settings.domain}"
+
+
+def outbound_id_from_verp(keys: TokenKeys, address: str, now: datetime) -> int | None:
+    """The outbound row a VERP bounce address names, if it is one of ours."""
+    local = address.rsplit("@", 1)[0]
+    if not local.lower().startswith("bounce+"):
+        return None
+    try:
+        return int(keys.open("verp", local[len("bounce+") :], now=now))
+    except ValueError:
+        return None
+
+
+def unsubscribe_token(keys: TokenKeys, lead_id: int, now: datetime) -> str:
+    return keys.make("unsubscribe", str(lead_id), expires=now + UNSUBSCRIBE_TTL)
+
+
+def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> bytes:
+    """The final bytes, made once at the first claim and never changed."""
+    p = row.payload
+    box = settings.box(p.get("mailbox"))
+    kind = Kind(row.kind)
+    notice = kind is Kind.NOTICE
+    footer = None
+    mailto = url = None
+    reply_to = None
+    if not notice:
+        token = None
+        if row.lead_id is not None:
+            token = unsubscribe_token(settings.keys, row.lead_id, now)
+        if settings.unsubscribe_address:
+            subject = f"unsubscribe {token}" if token else "unsubscribe"
+            mailto = f"mailto:{settings.unsubscribe_address}?subject={subject.replace(' ', '%20')}"
+        if settings.public_url and token:
+            url = f"{settings.public_url}/u/{token}"
+        reply_token = settings.keys.reply_token(row.thread_id) if row.thread_id else None
+        if reply_token and settings.subaddressing:
+            local, domain = box.address.split("@")
+            reply_to = f"{local}+{reply_token}@{domain}"
+        footer = compose.Footer(
+            postal_address=settings.postal_address,
+            unsubscribe_text=_unsubscribe_text(settings.unsubscribe_address, url),
+            unsubscribe_url=url,
+            ai_disclosure=settings.ai_disclosure,
+            reply_token=reply_token,
+        )
+    outgoing = compose.Outgoing(
+        message_id=row.message_id,
+        from_address=box.address,
+        from_name=box.display_name,
+        to=tuple(p.get("to") or row.to_addrs),
+        cc=tuple(p.get("cc", ())),
+        subject=row.subject or "",
+        text=p.get("text", ""),
+        date=now,
+        in_reply_to=row.in_reply_to,
+        references=tuple(row.references or ()),
+        reply_to=reply_to,
+        signature="" if notice else box.signature,
+        footer=footer,
+        list_unsubscribe_mailto=mailto,
+        list_unsubscribe_url=url,
+        auto_submitted=notice,
+        html=not notice,
+        attachments=tuple(
+            compose.Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
+            for a in p.get("attachments", ())
+        ),
+    )
+    return compose.render(outgoing, settings.dkim)
+
+
+def _unsubscribe_text(address: str | None, url: str | None) -> str:
+    if url:
+        return "To stop receiving these emails, use the unsubscribe link below."
+    if address:
+        return f'To stop receiving these emails, reply "unsubscribe" or write to {address}.'
+    return 'To stop receiving these emails, reply "unsubscribe".'
+
+
+# -- claiming -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A claimed row, with everything the sender needs and nothing lazy."""
+
+    id: int
+    kind: str
+    lead_id: int | None
+    mailbox: str
+    message_id: str
+    envelope_from: str
+    recipients: list[str]
+    raw: bytes
+
+
+@dataclass
+class _Budget:
+    """What each mailbox and recipient domain has used of its caps."""
+
+    settings: OutboxSettings
+    box_10min: Counter[int | None] = field(default_factory=Counter)
+    box_day: Counter[int | None] = field(default_factory=Counter)
+    domain_hour: Counter[str] = field(default_factory=Counter)
+
+    def allows(self, box: int | None, domain: str) -> bool:
+        s = self.settings
+        return not (
+            (s.mailbox_per_10min and self.box_10min[box] >= s.mailbox_per_10min)
+            or (s.mailbox_per_day and self.box_day[box] >= s.mailbox_per_day)
+            or (s.domain_per_hour and self.domain_hour[domain] >= s.domain_per_hour)
+        )
+
+    def take(self, box: int | None, domain: str) -> None:
+        self.box_10min[box] += 1
+        self.box_day[box] += 1
+        self.domain_hour[domain] += 1
+
+
+async def claim(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    *,
+    worker: str,
+    now: datetime,
+    limit: int | None = None,
+) -> list[Ready]:
+    """Claim due rows, oldest first, that may be sent now.
+
+    Rows over a cap stay queued untouched, so they keep their place; rows
+    the send rule no longer allows are skipped and recorded.
+    """
+    limit = limit or settings.claim_batch
+    paused = set(
+        (await session.scalars(select(Mailbox.id).where(Mailbox.send_paused_at.is_not(None)))).all()
+    )
+    budget = await _budget(session, settings, now)
+    query = (
+        select(OutboundMessage)
+        .where(OutboundMessage.status == Status.QUEUED, OutboundMessage.not_before <= now)
+        .order_by(OutboundMessage.not_before, OutboundMessage.id)
+        .limit(limit * 4)
+        .with_for_update(skip_locked=True)
+    )
+    if paused:
+        query = query.where(
+            or_(OutboundMessage.mailbox_id.is_(None), OutboundMessage.mailbox_id.not_in(paused))
+        )
+    rows = list((await session.scalars(query)).all())
+    if not rows:
+        return []
+    leads = await _leads(session, {r.lead_id for r in rows if r.lead_id is not None})
+    suppressed = await _suppressed(session, {a for r in rows for a in r.to_addrs})
+    lead_counts, lead_oldest = await _lead_counts(session, set(leads), now)
+    ready: list[Ready] = []
+    for row in rows:
+        if len(ready) >= limit:
+            break
+        domain = row.recipient_domain or ""
+        if not budget.allows(row.mailbox_id, domain):
+            continue  # over a cap: waits, keeping its place
+        lead = leads.get(row.lead_id) if row.lead_id is not None else None
+        refusal = _send_rule(settings, row, lead, suppressed, now)
+        if refusal is not None:
+            _finish(session, row, Status.SKIPPED, now, refusal)
+            repo.add_event(
+                session,
+                "outbound.skipped",
+                actor=ACTOR,
+                now=now,
+                lead_id=row.lead_id,
+                outbound_id=row.id,
+                reasons=[refusal],
+            )
+            continue
+        if lead is not None and Kind(row.kind) in LEAD_KINDS and settings.per_lead_day:
+            if lead_counts[lead.id] >= settings.per_lead_day:
+                oldest = lead_oldest.get(lead.id)
+                row.not_before = (oldest or now) + timedelta(days=1)
+                repo.add_event(
+                    session,
+                    "outbound.deferred",
+                    actor=ACTOR,
+                    now=now,
+                    lead_id=lead.id,
+                    outbound_id=row.id,
+                    reasons=[f"per-lead cap: {settings.per_lead_day} agent mails in 24 hours"],
+                )
+                continue
+            lead_counts[lead.id] += 1
+        budget.take(row.mailbox_id, domain)
+        if row.raw is None:
+            row.raw = build(settings, row, now)
+            row.envelope_from = envelope_sender(settings, row)
+        row.status = Status.SENDING
+        row.phase = "claimed"
+        row.claimed_by = worker
+        row.claimed_until = now + settings.lease
+        row.attempts += 1
+        ready.append(
+            Ready(
+                id=row.id,
+                kind=row.kind,
+                lead_id=row.lead_id,
+                mailbox=row.payload.get("mailbox") or settings.box(None).name,
+                message_id=row.message_id,
+                envelope_from=row.envelope_from or settings.box(None).address,
+                recipients=list(row.to_addrs),
+                raw=row.raw,
+            )
+        )
+    return ready
+
+
+def _send_rule(
+    settings: OutboxSettings,
+    row: OutboundMessage,
+    lead: Lead | None,
+    suppressed: set[str],
+    now: datetime,
+) -> str | None:
+    """Why this row may not go out now (DESIGN.md's send rule), or None."""
+    kind = Kind(row.kind)
+    if kind is Kind.NOTICE:
+        return None
+    blocked = [a for a in row.to_addrs if a in suppressed]
+    if blocked:
+        return f"suppressed: {', '.join(blocked)}"
+    if lead is None:
+        return "the lead no longer exists"
+    state = State(lead.state)
+    if kind is Kind.INTRO:
+        if state is not State.QUALIFIED:
+            return f"the warm introduction needs a qualified lead; it is {state}"
+    elif state is State.NURTURE:
+        if lead.nurture_until is None or lead.nurture_until > now:
+            return "the lead is in nurture and its date is not due"
+    elif state not in SENDING_STATES:
+        return f"the lead is {state}"
+    if lead.consent == "denied":
+        return "the lead was imported without consent"
+    if settings.consent == "explicit" and lead.consent != "granted":
+        return "consent policy is explicit and the lead has no recorded consent"
+    return None
+
+
+async def _leads(session: AsyncSession, ids: set[int]) -> dict[int, Lead]:
+    if not ids:
+        return {}
+    found = await session.scalars(select(Lead).where(Lead.id.in_(ids)))
+    return {lead.id: lead for lead in found}
+
+
+async def _suppressed(session: AsyncSession, addresses: set[str]) -> set[str]:
+    if not addresses:
+        return set()
+    found = await session.scalars(
+        select(Suppression.address).where(Suppression.address.in_(addresses))
+    )
+    return set(found)
+
+
+async def _lead_counts(
+    session: AsyncSession, lead_ids: set[int], now: datetime
+) -> tuple[Counter[int], dict[int, datetime]]:
+    """Agent mails to each lead in the last 24 hours (sent or in flight)."""
+    counts: Counter[int] = Counter()
+    oldest: dict[int, datetime] = {}
+    if not lead_ids:
+        return counts, oldest
+    since = now - timedelta(days=1)
+    rows = await session.execute(
+        select(OutboundMessage.lead_id, func.count(), func.min(OutboundMessage.sent_at))
+        .where(
+            OutboundMessage.lead_id.in_(lead_ids),
+            OutboundMessage.kind.in_([k.value for k in LEAD_KINDS]),
+            or_(
+                OutboundMessage.status.in_(_IN_FLIGHT),
+                (OutboundMessage.status == Status.SENT) & (OutboundMessage.sent_at > since),
+            ),
+        )
+        .group_by(OutboundMessage.lead_id)
+    )
+    for lead_id, count, first in rows:
+        if lead_id is None:
+            continue
+        counts[lead_id] = count
+        if first is not None:
+            oldest[lead_id] = first
+    return counts, oldest
+
+
+async def _budget(session: AsyncSession, settings: OutboxSettings, now: datetime) -> _Budget:
+    """Mails sent (or in flight) per mailbox and recipient domain in each cap's window."""
+    budget = _Budget(settings)
+
+    def recent(window: timedelta) -> Any:
+        return or_(OutboundMessage.status.in_(_IN_FLIGHT), OutboundMessage.sent_at >= now - window)
+
+    if settings.mailbox_per_10min or settings.mailbox_per_day:
+        for target, window in (
+            (budget.box_10min, timedelta(minutes=10)),
+            (budget.box_day, timedelta(days=1)),
+        ):
+            rows = await session.execute(
+                select(OutboundMessage.mailbox_id, func.count())
+                .where(recent(window))
+                .group_by(OutboundMessage.mailbox_id)
+            )
+            target.update({box: int(count) for box, count in rows})
+    if settings.domain_per_hour:
+        rows = await session.execute(
+            select(OutboundMessage.recipient_domain, func.count())
+            .where(recent(timedelta(hours=1)))
+            .group_by(OutboundMessage.recipient_domain)
+        )
+        for domain, count in rows:
+            budget.domain_hour[str(domain or "")] = int(count)
+    return budget
+
+
+# -- outcomes -----------------------------------------------------------------
+
+
+async def mark_dot(session: AsyncSession, ids: Iterable[int]) -> None:
+    """The barrier before the final dot: from here the outcome may be unknown."""
+    ids = list(ids)
+    if ids:
+        await session.execute(
+            update(OutboundMessage)
+            .where(OutboundMessage.id.in_(ids), OutboundMessage.status == Status.SENDING)
+            .values(phase="dot")
+        )
+
+
+def _finish(
+    session: AsyncSession, row: OutboundMessage, status: Status, now: datetime, why: str | None
+) -> None:
+    row.status = status
+    row.phase = None
+    row.claimed_by = None
+    row.claimed_until = None
+    row.finished_at = now
+    if why is not None:
+        row.last_error = why
+
+
+async def record(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    row: OutboundMessage,
+    outcome: Delivery | SmtpFailure,
+    now: datetime,
+) -> Verdict:
+    """Apply the outcome table to *row* (claimed and sent by the sender)."""
+    lead = await session.get(Lead, row.lead_id) if row.lead_id is not None else None
+    if isinstance(outcome, SmtpFailure):
+        row.smtp_reply = str(outcome.reply) if outcome.reply else outcome.detail
+        result = verdict(
+            outcome.reply, in_doubt=outcome.in_doubt, breaker_codes=settings.breaker_codes
+        )
+        await _apply(session, settings, row, lead, result, row.smtp_reply, now, row.to_addrs)
+        return result
+    # A finished transaction: per-recipient refusals first.
+    for address, reply in outcome.rejected.items():
+        result = verdict(reply, in_doubt=False, breaker_codes=settings.breaker_codes)
+        if outcome.accepted:
+            await _recipient_refused(session, settings, row, lead, address, result, reply, now)
+    if not outcome.accepted:
+        address, reply = next(iter(outcome.rejected.items()))
+        row.smtp_reply = f"{address}: {reply}"
+        result = verdict(reply, in_doubt=False, breaker_codes=settings.breaker_codes)
+        await _apply(session, settings, row, lead, result, row.smtp_reply, now, [address])
+        return result
+    assert outcome.final is not None
+    row.smtp_reply = str(outcome.final)
+    await _apply(session, settings, row, lead, Verdict.SENT, row.smtp_reply, now, outcome.accepted)
+    return Verdict.SENT
+
+
+async def _recipient_refused(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    row: OutboundMessage,
+    lead: Lead | None,
+    address: str,
+    result: Verdict,
+    reply: Reply,
+    now: datetime,
+) -> None:
+    """One of several recipients refused while the others took the mail."""
+    reason = f"{address}: {reply}"
+    repo.add_event(
+        session,
+        "outbound.recipient_refused",
+        actor=ACTOR,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+        reasons=[reason],
+        data={"verdict": result.value},
+    )
+    is_lead = lead is not None and address == lead.email
+    if result is Verdict.INVALID:
+        await _suppress(session, address, reason, now)
+        if is_lead and lead is not None:
+            await _to_state(session, lead, State.INVALID, f"address refused: {reply}", now)
+    elif result is Verdict.POLICY and is_lead and lead is not None:
+        await _to_owner(session, lead, f"refused by the recipient's server: {reply}", now, row)
+
+
+async def _apply(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    row: OutboundMessage,
+    lead: Lead | None,
+    result: Verdict,
+    why: str,
+    now: datetime,
+    recipients: Sequence[str],
+) -> None:
+    kind = Kind(row.kind)
+    box = settings.box(row.payload.get("mailbox"))
+    event_data: dict[str, Any] = {"verdict": result.value, "attempt": row.attempts}
+    if result is Verdict.SENT:
+        _finish(session, row, Status.SENT, now, None)
+        row.sent_at = now
+        row.last_error = None
+        row.copy_pending = box.sent_copy == "client"
+        if lead is not None and kind is Kind.TOUCH and lead.state == State.NEW:
+            await _to_state(session, lead, State.ENGAGING, "first touch sent", now)
+    elif result is Verdict.RETRY:
+        if row.attempts <= len(settings.retry):
+            wait = settings.retry[row.attempts - 1]
+            row.status = Status.QUEUED
+            row.phase = None
+            row.claimed_by = row.claimed_until = None
+            row.not_before = now + wait
+            row.last_error = why
+            event_data["retry_at"] = row.not_before.isoformat()
+        else:
+            _finish(session, row, Status.FAILED, now, why)
+            if lead is not None and kind in LEAD_KINDS:
+                await _to_owner(
+                    session, lead, f"could not be delivered after {row.attempts} tries", now, row
+                )
+            raise_alert(
+                session,
+                "send_failed",
+                f"outbound {row.id} to {', '.join(row.to_addrs)} failed after "
+                f"{row.attempts} tries: {why}",
+                actor=ACTOR,
+                now=now,
+                lead_id=row.lead_id,
+                outbound_id=row.id,
+            )
+    elif result is Verdict.INVALID:
+        _finish(session, row, Status.REJECTED, now, why)
+        row.bounced = True
+        for address in recipients:
+            await _suppress(session, address, why, now)
+        if lead is not None and lead.email in recipients:
+            await _to_state(session, lead, State.INVALID, f"address refused: {why}", now)
+        await check_breaker(session, settings, row.mailbox_id, now)
+    elif result is Verdict.SENDER:
+        # Our address is refused: no lead's fault, so the row waits for resume.
+        _wait_for_resume(row, why)
+        await pause_sender(session, row.mailbox_id, f"our sender address was refused: {why}", now)
+    elif result is Verdict.POLICY:
+        _finish(session, row, Status.REJECTED, now, why)
+        row.policy_rejected = True
+        if lead is not None and kind in LEAD_KINDS:
+            await _to_owner(session, lead, f"refused by the recipient's server: {why}", now, row)
+        await check_breaker(session, settings, row.mailbox_id, now)
+    elif result is Verdict.REPUTATION:
+        _wait_for_resume(row, why)
+        await pause_sender(session, row.mailbox_id, f"reputation or authentication: {why}", now)
+    elif result is Verdict.IN_DOUBT:
+        await _in_doubt(session, settings, row, box.sent_copy, why, now)
+    else:
+        _finish(session, row, Status.FAILED, now, why)
+        if lead is not None and kind in LEAD_KINDS:
+            await _to_owner(session, lead, f"refused: {why}", now, row)
+    repo.add_event(
+        session,
+        f"outbound.{result.value}",
+        actor=ACTOR,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+        reasons=[why],
+        data=event_data,
+    )
+
+
+def _wait_for_resume(row: OutboundMessage, why: str) -> None:
+    """Not this lead's fault: back in the queue, behind the paused mailbox."""
+    row.status = Status.QUEUED
+    row.phase = None
+    row.claimed_by = row.claimed_until = None
+    row.attempts = max(row.attempts - 1, 0)
+    row.last_error = why
+
+
+async def _in_doubt(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    row: OutboundMessage,
+    sent_copy: str,
+    why: str,
+    now: datetime,
+) -> None:
+    row.phase = None
+    row.claimed_by = row.claimed_until = None
+    row.last_error = f"in doubt: {why}"
+    if Kind(row.kind) is Kind.NOTICE:
+        # Staff notices may be resent rather than lost (DESIGN.md).
+        row.status = Status.QUEUED
+        row.not_before = now
+        return
+    if sent_copy == "server":
+        row.status = Status.IN_DOUBT
+        row.not_before = now
+        row.payload = {**row.payload, "lookups": 0}
+        return
+    hold(session, row, f"outcome unknown ({why}) and no server copy to check", now)
+
+
+def hold(session: AsyncSession, row: OutboundMessage, reason: str, now: datetime) -> None:
+    """Keep a lead mail for an operator: never resent blindly."""
+    _finish(session, row, Status.HELD, now, row.last_error)
+    row.held_reason = reason
+    raise_alert(
+        session,
+        "mail_held",
+        f"outbound {row.id} ({row.message_id}) to {', '.join(row.to_addrs)} held: {reason}; "
+        f"check and run `leadloop outbox release {row.id}` or `cancel {row.id}`",
+        actor=ACTOR,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+    )
+
+
+async def settle(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    row: OutboundMessage,
+    found: bool | None,
+    now: datetime,
+) -> None:
+    """The Sent-folder lookup for an in-doubt row: found -> sent; not found
+    (or the lookup failed) -> look again later, and after the last lookup hold."""
+    if found:
+        _finish(session, row, Status.SENT, now, None)
+        row.sent_at = now
+        row.smtp_reply = "settled: found in the Sent folder"
+        lead = await session.get(Lead, row.lead_id) if row.lead_id is not None else None
+        if lead is not None and row.kind == Kind.TOUCH and lead.state == State.NEW:
+            await _to_state(session, lead, State.ENGAGING, "first touch sent", now)
+        repo.add_event(
+            session,
+            "outbound.settled",
+            actor=ACTOR,
+            now=now,
+            lead_id=row.lead_id,
+            outbound_id=row.id,
+            reasons=["found in the Sent folder: it was sent"],
+        )
+        return
+    lookups = int(row.payload.get("lookups", 0)) + 1
+    row.payload = {**row.payload, "lookups": lookups}
+    if lookups < settings.in_doubt_lookups:
+        row.not_before = now + settings.in_doubt_interval
+        return
+    hold(session, row, f"outcome unknown and not found in Sent after {lookups} lookups", now)
+
+
+async def recover(
+    session: AsyncSession, settings: OutboxSettings, now: datetime, *, all_claims: bool
+) -> int:
+    """Rows left ``sending`` by a process that died: before the dot they are
+    queued again (nothing can have been delivered); after it they are in doubt."""
+    query = select(OutboundMessage).where(OutboundMessage.status == Status.SENDING)
+    if not all_claims:
+        query = query.where(
+            or_(OutboundMessage.claimed_until.is_(None), OutboundMessage.claimed_until < now)
+        )
+    rows = list((await session.scalars(query.with_for_update(skip_locked=True))).all())
+    for row in rows:
+        if row.phase == "dot":
+            box = settings.box(row.payload.get("mailbox"))
+            repo.add_event(
+                session,
+                "outbound.in_doubt",
+                actor=ACTOR,
+                now=now,
+                lead_id=row.lead_id,
+                outbound_id=row.id,
+                reasons=["the sender stopped after the final dot, before the reply was recorded"],
+            )
+            await _in_doubt(session, settings, row, box.sent_copy, "restart", now)
+        else:
+            row.status = Status.QUEUED
+            row.phase = None
+            row.claimed_by = row.claimed_until = None
+            row.attempts = max(row.attempts - 1, 0)
+            repo.add_event(
+                session,
+                "outbound.requeued",
+                actor=ACTOR,
+                now=now,
+                lead_id=row.lead_id,
+                outbound_id=row.id,
+                reasons=["the sender stopped before the final dot; sending again is safe"],
+            )
+    return len(rows)
+
+
+# -- leads, suppression, the breaker ------------------------------------------------
+
+
+async def _suppress(session: AsyncSession, address: str, reason: str, now: datetime) -> None:
+    exists = await session.scalar(select(Suppression.id).where(Suppression.address == address))
+    if exists is None:
+        session.add(Suppression(address=address, reason=reason, source="smtp", created_at=now))
+
+
+async def _to_state(
+    session: AsyncSession, lead: Lead, target: State, reason: str, now: datetime
+) -> None:
+    if can_transition(lead, target):
+        await transition(session, lead, target, actor=ACTOR, reason=reason, now=now)
+
+
+async def _to_owner(
+    session: AsyncSession, lead: Lead, reason: str, now: datetime, row: OutboundMessage
+) -> None:
+    """Hand the lead to its owner.  The state table allows ``handed_back``
+    only from ``conversing``; a lead not yet conversing is paused instead,
+    which also silences the agent.  The owner hears of it from the event."""
+    if can_transition(lead, State.HANDED_BACK):
+        await transition(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
+    elif can_transition(lead, State.PAUSED):
+        await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
+    repo.add_event(
+        session,
+        "lead.owner_notice",
+        actor=ACTOR,
+        now=now,
+        lead_id=lead.id,
+        outbound_id=row.id,
+        reasons=[reason],
+        data={"owner": lead.owner},
+    )
+
+
+async def pause_sender(
+    session: AsyncSession, mailbox_id: int | None, reason: str, now: datetime
+) -> None:
+    box = await session.get(Mailbox, mailbox_id) if mailbox_id is not None else None
+    if box is None:
+        box = await session.scalar(select(Mailbox).order_by(Mailbox.id).limit(1))
+    if box is None or box.send_paused_at is not None:
+        return
+    box.send_paused_at = now
+    box.send_paused_reason = reason
+    raise_alert(
+        session,
+        "sender_paused",
+        f"mailbox {box.name} stopped sending: {reason}; "
+        f"after fixing, run `leadloop resume --mailbox {box.name}`",
+        actor=ACTOR,
+        now=now,
+        data={"mailbox": box.name},
+    )
+
+
+async def resume_sender(session: AsyncSession, name: str, *, actor: str, now: datetime) -> bool:
+    box = await session.scalar(select(Mailbox).where(Mailbox.name == name))
+    if box is None:
+        raise LookupError(f"no mailbox named {name!r}")
+    if box.send_paused_at is None:
+        return False
+    reason = box.send_paused_reason
+    box.send_paused_at = None
+    box.send_paused_reason = None
+    repo.add_event(
+        session,
+        "outbox.resumed",
+        actor=actor,
+        now=now,
+        reasons=[f"mailbox {name} resumed (was paused: {reason})"],
+        data={"mailbox": name},
+    )
+    return True
+
+
+async def check_breaker(
+    session: AsyncSession, settings: OutboxSettings, mailbox_id: int | None, now: datetime
+) -> None:
+    """Pause the mailbox on too many permanent bounces or policy rejections."""
+    recent = (
+        select(OutboundMessage.bounced)
+        .where(
+            OutboundMessage.mailbox_id == mailbox_id,
+            OutboundMessage.finished_at.is_not(None),
+            OutboundMessage.status.in_([Status.SENT, Status.REJECTED, Status.FAILED]),
+        )
+        .order_by(OutboundMessage.finished_at.desc(), OutboundMessage.id.desc())
+        .limit(settings.breaker_window)
+        .subquery()
+    )
+    bounced = await session.scalar(select(func.count()).where(recent.c.bounced.is_(True))) or 0
+    # Over a full window; a short history counts as if the rest were delivered,
+    # so one early bounce does not stop a new mailbox.
+    if bounced > settings.breaker_bounce_rate * settings.breaker_window:
+        await pause_sender(
+            session,
+            mailbox_id,
+            f"{bounced} permanent bounces in the last {settings.breaker_window} sends "
+            f"(over {settings.breaker_bounce_rate:.0%})",
+            now,
+        )
+        return
+    rows = (
+        await session.execute(
+            select(OutboundMessage.recipient_domain).where(
+                OutboundMessage.mailbox_id == mailbox_id,
+                OutboundMessage.policy_rejected.is_(True),
+                OutboundMessage.finished_at >= now - timedelta(hours=1),
+            )
+        )
+    ).all()
+    domains = {d for (d,) in rows}
+    if (
+        len(rows) >= settings.breaker_policy_rejections
+        and len(domains) >= settings.breaker_policy_domains
+    ):
+        await pause_sender(
+            session,
+            mailbox_id,
+            f"{len(rows)} policy rejections from {len(domains)} domains within an hour",
+            now,
+        )
+
+
+async def mark_bounced(
+    session: AsyncSession, address: str, now: datetime, outbound_id: int | None = None
+) -> OutboundMessage | None:
+    """A DSN reported a permanent failure: mark the mail it answers (the VERP
+    row, else the latest sent to *address*) so the breaker counts it."""
+    row: OutboundMessage | None
+    if outbound_id is not None:
+        row = await session.get(OutboundMessage, outbound_id)
+    else:
+        row = await session.scalar(
+            select(OutboundMessage)
+            .where(
+                OutboundMessage.status == Status.SENT,
+                cast(OutboundMessage.to_addrs, String).like(f'%"{address.lower()}"%'),
+            )
+            .order_by(OutboundMessage.sent_at.desc())
+            .limit(1)
+        )
+    if row is not None and not row.bounced:
+        row.bounced = True
+        row.finished_at = row.finished_at or now
+    return row
+
+
+# -- operator controls ----------------------------------------------------------
+
+
+class OperatorError(Exception):
+    """An outbox command that does not apply to this row."""
+
+
+RELEASABLE = frozenset({Status.HELD, Status.FAILED, Status.IN_DOUBT})
+CANCELLABLE = frozenset({Status.QUEUED, Status.HELD, Status.FAILED, Status.IN_DOUBT})
+
+
+async def release(
+    session: AsyncSession, row_id: int, *, actor: str, now: datetime
+) -> OutboundMessage:
+    """Send a held or failed mail again: the operator has checked that it
+    did not arrive.  The send rule still applies when it goes out."""
+    row = await session.get(OutboundMessage, row_id)
+    if row is None:
+        raise OperatorError(f"no outbound mail {row_id}")
+    if row.status not in RELEASABLE:
+        raise OperatorError(
+            f"outbound {row_id} is {row.status}; only held or failed mail is released"
+        )
+    previous = row.status
+    row.status = Status.QUEUED
+    row.not_before = now
+    row.attempts = 0
+    row.held_reason = None
+    row.finished_at = None
+    row.phase = None
+    repo.add_event(
+        session,
+        "outbox.released",
+        actor=actor,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+        reasons=[f"released from {previous} by {actor}"],
+    )
+    return row
+
+
+async def cancel(
+    session: AsyncSession, row_id: int, *, actor: str, now: datetime
+) -> OutboundMessage:
+    row = await session.get(OutboundMessage, row_id)
+    if row is None:
+        raise OperatorError(f"no outbound mail {row_id}")
+    if row.status not in CANCELLABLE:
+        raise OperatorError(f"outbound {row_id} is {row.status}; it cannot be cancelled")
+    previous = row.status
+    _finish(session, row, Status.CANCELLED, now, None)
+    row.copy_pending = False
+    repo.add_event(
+        session,
+        "outbox.cancelled",
+        actor=actor,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+        reasons=[f"cancelled from {previous} by {actor}"],
+    )
+    return row
