@@ -311,6 +311,89 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from leadloop.agent import outbox
+    from leadloop.clock import SystemClock
+    from leadloop.storage import queries
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        async with _database(loaded) as db:
+            if args.action == "list":
+                statuses = tuple(args.status) if args.status else queries.ATTENTION
+                rows = await queries.outbound(db, statuses)
+                if args.json:
+                    for row in rows:
+                        print(json.dumps(row))
+                else:
+                    _table(
+                        [
+                            (
+                                r["id"],
+                                r["status"],
+                                r["kind"],
+                                ", ".join(r["to"]),
+                                r["subject"],
+                                r["attempts"],
+                                (r["reason"] or "")[:80],
+                            )
+                            for r in rows
+                        ],
+                        ("ID", "STATUS", "KIND", "TO", "SUBJECT", "TRIES", "WHY"),
+                        sys.stdout,
+                    )
+                return EXIT_OK
+            if args.id is None:
+                print(f"outbox {args.action} needs a mail ID", file=sys.stderr)
+                return EXIT_USAGE
+            if args.action == "show":
+                detail = await queries.outbound_detail(db, args.id)
+                if detail is None:
+                    print(f"no outbound mail {args.id}", file=sys.stderr)
+                    return EXIT_FAILURE
+                print(json.dumps(detail, indent=2))
+                return EXIT_OK
+            operation = outbox.release if args.action == "release" else outbox.cancel
+            try:
+                async with db.transaction() as session:
+                    await operation(session, args.id, actor="admin:cli", now=SystemClock().now())
+            except outbox.OperatorError as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_FAILURE
+            if args.action == "release":
+                print(f"outbound {args.id} is queued again; the running daemon sends it shortly")
+            else:
+                print(f"outbound {args.id} is cancelled and will not be sent")
+            return EXIT_OK
+
+    return _run_async(main())
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from leadloop.agent import outbox
+    from leadloop.clock import SystemClock
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        async with _database(loaded) as db, db.transaction() as session:
+            try:
+                resumed = await outbox.resume_sender(
+                    session, args.mailbox, actor="admin:cli", now=SystemClock().now()
+                )
+            except LookupError as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_FAILURE
+        if resumed:
+            print(f"mailbox {args.mailbox} sends again")
+        else:
+            print(f"mailbox {args.mailbox} was not paused")
+        return EXIT_OK
+
+    return _run_async(main())
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from leadloop.daemon.replay import replay
 
@@ -390,6 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "show", "retry"))
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--json", action="store_true")
+
+    p = add("outbox", cmd_outbox, "outbound mail held, failed or in doubt")
+    p.add_argument("action", choices=("list", "show", "release", "cancel"))
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument(
+        "--status",
+        action="append",
+        help="list mail in this status (repeatable; default: held, failed, in_doubt)",
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = add("resume", cmd_resume, "let a paused mailbox send again")
+    p.add_argument("--mailbox", required=True, metavar="NAME")
 
     p = add("replay", cmd_replay, "replay a folder of .eml files (JSON lines)")
     p.add_argument("directory")

@@ -34,17 +34,19 @@ ai_disclosure = "This email was written with the help of an AI assistant."
 [tracking]
 public_url = "https://links.acme.example"
 
+{mailbox}
+[smtp]
+host = "127.0.0.1"
+port = {port}
+{smtp_extra}"""
+MAILDIR_BOX = """
 [[mailboxes]]
 name = "sales"
 address = "sales@acme.example"
 display_name = "Acme Sales"
 signature = "Ann Example, Acme"
 path = "mail"
-
-[smtp]
-host = "127.0.0.1"
-port = {port}
-{smtp_extra}"""
+"""
 _keys = count(1)
 
 
@@ -107,8 +109,11 @@ class OutboxEnv:
             return list((await session.scalars(select(Event).where(Event.kind == kind))).all())
 
 
-def write_config(tmp_path: Path, port: int, extra: str = "", smtp_extra: str = "") -> LoadedConfig:
-    text = textwrap.dedent(BASE).format(port=port, smtp_extra=smtp_extra) + textwrap.dedent(extra)
+def write_config(
+    tmp_path: Path, port: int, extra: str = "", smtp_extra: str = "", mailbox: str = MAILDIR_BOX
+) -> LoadedConfig:
+    text = textwrap.dedent(BASE).format(port=port, smtp_extra=smtp_extra, mailbox=mailbox)
+    text += textwrap.dedent(extra)
     file = tmp_path / "config.toml"
     file.write_text(text)
     return loads(text, file)
@@ -122,10 +127,11 @@ async def outbox_env(
     handler: ScriptedHandler | None = None,
     url: str | None = None,
     smtp_extra: str = "",
+    mailbox: str = MAILDIR_BOX,
 ) -> AsyncIterator[OutboxEnv]:
     handler = handler or ScriptedHandler()
     async with smtp_server(handler) as port:
-        loaded = write_config(tmp_path, port, extra, smtp_extra)
+        loaded = write_config(tmp_path, port, extra, smtp_extra, mailbox)
         db = await open_database(url or loaded.database_url)
         try:
             async with db.transaction() as session:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import email
+from collections import Counter
 from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
 
+import dkim  # type: ignore[import-untyped]
 import pytest
+from conftest import T0
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from outbox_env import outbox_env
 from smtp_servers import ScriptedHandler
 from sqlalchemy import select
+from test_compose import dns_for
 
-from leadloop.agent.lifecycle import State, transition
+from leadloop.agent.lifecycle import State, create_lead, transition
 from leadloop.agent.outbox import (
     Kind,
     Status,
@@ -22,7 +28,10 @@ from leadloop.agent.outbox import (
     queue_reply,
     resume_sender,
 )
+from leadloop.agent.pipeline import Pipeline
+from leadloop.agent.stages import build_stages, token_keys
 from leadloop.clock import ManualClock
+from leadloop.mail.compose import DkimSigner
 from leadloop.mail.envelope import read_envelope
 from leadloop.storage import repo
 from leadloop.storage.models import InboundMessage, Lead, OutboundMessage, Suppression
@@ -412,3 +421,150 @@ async def test_at_most_three_agent_mails_to_one_lead_in_a_day(
         clock.advance(timedelta(days=1))
         await env.drain()
         assert len(env.handler.received) == 4
+
+
+async def test_dkim_signature_verifies_on_the_bytes_the_server_received(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "dkim.pem").write_bytes(pem)
+    extra = '\n[dkim]\nselector = "ll2026"\nprivate_key_file = "dkim.pem"\n'
+    async with outbox_env(tmp_path, clock, extra) as env:
+        await env.touch(await env.lead("dana@buyer.test"))
+        await env.drain()
+        [received] = env.handler.received
+    signer = DkimSigner(domain="acme.example", selector="ll2026", private_key=pem)
+    assert dkim.verify(received.data, dnsfunc=dns_for(signer))
+    signature = " ".join(parse(received.data)["DKIM-Signature"].split())
+    tags = dict(t.strip().split("=", 1) for t in signature.split(";") if "=" in t)
+    covered = tags["h"].replace(" ", "").lower().split(":")
+    assert "list-unsubscribe" in covered and "list-unsubscribe-post" in covered
+    assert not dkim.verify(received.data.replace(b"fleet", b"fleas", 1), dnsfunc=dns_for(signer))
+
+
+async def test_a_burst_of_1000_due_mails_respects_the_caps_and_all_go_out_in_order(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    domains = [f"d{i}.test" for i in range(25)]
+    async with outbox_env(tmp_path, clock) as env:
+        async with env.db.transaction() as session:
+            leads = [
+                await create_lead(
+                    session,
+                    Lead(email=f"p{i}@{domains[i % len(domains)]}"),
+                    actor="test",
+                    reason="burst",
+                    now=env.now,
+                )
+                for i in range(1000)
+            ]
+            queued = [
+                (
+                    await queue(
+                        session,
+                        env.settings,
+                        kind=Kind.TOUCH,
+                        to=[lead.email],
+                        subject="Hello",
+                        text="A short note.",
+                        now=env.now,
+                        idempotency_key=f"burst:{lead.id}",
+                        lead=lead,
+                    )
+                ).message_id
+                for lead in leads
+            ]
+        sent_at: dict[str, object] = {}
+        step = timedelta(minutes=10)
+        for _ in range(5 * 144):  # up to five days in 10-minute ticks
+            before = len(env.handler.received)
+            await env.drain()
+            for item in env.handler.received[before:]:
+                sent_at[parse(item.data)["Message-ID"]] = env.now
+            if len(sent_at) == 1000:
+                break
+            clock.advance(step)
+        received = env.handler.message_ids()
+    assert sorted(received) == sorted(queued)  # all of them, each once
+    times = sorted(sent_at.values())  # type: ignore[type-var]
+    per_tick = Counter(times)
+    assert max(per_tick.values()) <= 20  # 20 per 10 minutes
+    per_day = Counter((t - T0) // timedelta(days=1) for t in times)  # type: ignore[operator]
+    assert max(per_day.values()) <= 400
+    by_domain_hour = Counter(
+        (mid_domain, (sent_at[mid] - T0) // timedelta(hours=1))  # type: ignore[operator]
+        for mid, mid_domain in zip(
+            queued, (lead.email.split("@")[1] for lead in leads), strict=True
+        )
+    )
+    assert max(by_domain_hour.values()) <= 10
+    # In order: within each recipient domain, mail leaves in the order queued.
+    for domain in domains:
+        mine = [
+            m for m, lead in zip(queued, leads, strict=True) if lead.email.endswith("@" + domain)
+        ]
+        order = [mid for mid in received if mid in set(mine)]
+        assert order == mine
+    assert len(per_day) == 3  # 1000 at 400 a day: the third day finishes it
+
+
+async def test_a_verp_bounce_maps_to_the_mail_we_sent_not_to_a_quoted_address(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with outbox_env(tmp_path, clock, smtp_extra="verp = true\n") as env:
+        lead = await env.lead("dana@buyer.test")
+        bystander = await env.lead("li@quoted.test")
+        row_id = await env.touch(lead)
+        await env.drain()
+        [received] = env.handler.received
+        assert received.mail_from.startswith("bounce+")
+        assert received.mail_from.endswith("@acme.example")
+        # The DSN names a forwarding address we never wrote to; the envelope
+        # (VERP) still says which mail of ours it answers.
+        raw = (
+            "From: MAILER-DAEMON@mx.buyer.test\r\n"
+            f"To: {received.mail_from}\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <dsn-1@mx.buyer.test>\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n'
+            "\r\n--b\r\nContent-Type: text/plain\r\n\r\nli@quoted.test was cc'd.\r\n"
+            "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.buyer.test\r\n\r\n"
+            "Final-Recipient: rfc822; dana.old@forward.test\r\n"
+            "Action: failed\r\nStatus: 5.1.1\r\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n--b--\r\n"
+        ).encode()
+        envelope = read_envelope(raw)
+        keys = token_keys(env.loaded)
+        pipeline = Pipeline(env.db, clock, owner="t", stages=build_stages(env.loaded, keys))
+        async with env.db.transaction() as session:
+            box = await repo.ensure_mailbox(session, "sales", "maildir", "sales@acme.example")
+            await repo.store_inbound(
+                session,
+                box.id,
+                [
+                    repo.NewInbound(
+                        source_id="dsn-1",
+                        raw=raw,
+                        message_id=envelope.message_id,
+                        message_id_synthetic=False,
+                        from_addr=envelope.from_addr,
+                        subject=envelope.subject,
+                        sent_at=None,
+                        headers=envelope.headers,
+                        defects=[],
+                        oversized=False,
+                    )
+                ],
+                env.now,
+            )
+        await pipeline.run_pending()
+        assert await env.lead_state(lead.id) == "invalid"
+        assert await env.lead_state(bystander.id) == "new"
+        assert (await env.row(row_id)).bounced

@@ -54,10 +54,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent.alerts import raise_alert
 from leadloop.agent.lifecycle import SENDING_STATES, State, can_transition, transition
-from leadloop.channels.smtp import Delivery, Reply, SmtpFailure
 from leadloop.config import LoadedConfig
 from leadloop.mail import compose
 from leadloop.mail.headers import safe_address, safe_header_value
+from leadloop.mail.smtpreply import (
+    INVALID_STATUSES,
+    SENDER_STATUSES,
+    Delivery,
+    Reply,
+    SmtpFailure,
+)
 from leadloop.mail.tokens import TokenKeys
 from leadloop.storage import repo
 from leadloop.storage.models import InboundMessage, Lead, Mailbox, OutboundMessage, Suppression
@@ -88,8 +94,6 @@ class Kind(StrEnum):
 LEAD_KINDS = frozenset({Kind.TOUCH, Kind.REPLY, Kind.INTRO})
 # Counted against caps while the outcome is open or the mail has gone.
 _IN_FLIGHT = (Status.SENDING, Status.IN_DOUBT)
-INVALID_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
-SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
 UNSUBSCRIBE_TTL = timedelta(days=90)  # DESIGN.md: at least 60 days
 
 
@@ -498,6 +502,25 @@ class _Budget:
             or (s.domain_per_hour and self.domain_hour[domain] >= s.domain_per_hour)
         )
 
+    def blocked(self) -> tuple[set[int], set[str]]:
+        """Mailboxes and domains already at a cap: their rows need not be read."""
+        s = self.settings
+        boxes = {
+            box
+            for box in set(self.box_10min) | set(self.box_day)
+            if box is not None
+            and (
+                (s.mailbox_per_10min and self.box_10min[box] >= s.mailbox_per_10min)
+                or (s.mailbox_per_day and self.box_day[box] >= s.mailbox_per_day)
+            )
+        }
+        domains = {
+            domain
+            for domain, used in self.domain_hour.items()
+            if s.domain_per_hour and used >= s.domain_per_hour
+        }
+        return boxes, domains
+
     def take(self, box: int | None, domain: str) -> None:
         self.box_10min[box] += 1
         self.box_day[box] += 1
@@ -529,10 +552,16 @@ async def claim(
         .limit(limit * 4)
         .with_for_update(skip_locked=True)
     )
-    if paused:
+    blocked_boxes, blocked_domains = budget.blocked()
+    if paused | blocked_boxes:
         query = query.where(
-            or_(OutboundMessage.mailbox_id.is_(None), OutboundMessage.mailbox_id.not_in(paused))
+            or_(
+                OutboundMessage.mailbox_id.is_(None),
+                OutboundMessage.mailbox_id.not_in(paused | blocked_boxes),
+            )
         )
+    if blocked_domains:
+        query = query.where(OutboundMessage.recipient_domain.not_in(blocked_domains))
     rows = list((await session.scalars(query)).all())
     if not rows:
         return []

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, transition
+from leadloop.agent.outbox import mark_bounced, outbound_id_from_verp
 from leadloop.agent.pipeline import Done, Next, Outcome, StageContext
 from leadloop.config import LoadedConfig
 from leadloop.mail.autoreply import detect_auto_reply
@@ -25,6 +26,7 @@ from leadloop.mail.bounce import BounceReport, read_bounce
 from leadloop.mail.optout import detect_list_mail, detect_opt_out
 from leadloop.mail.parse import ParseCache, ParsedMail
 from leadloop.mail.reply import visible_text
+from leadloop.mail.smtpreply import INVALID_STATUSES, SENDER_STATUSES
 from leadloop.mail.tokens import TokenKeys
 from leadloop.storage import repo
 from leadloop.storage.models import InboundMessage, Lead, OutboundMessage, Suppression
@@ -33,8 +35,6 @@ log = logging.getLogger("leadloop.agent.screening")
 
 # DESIGN.md: only these make an address invalid; 5.1.7 / 5.1.8 are about our
 # sender, 5.7.x is a policy rejection: alerts, the lead untouched.
-INVALID_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
-SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
 ROBOT_SENDER = re.compile(
     r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|donotreply|bounces?|"
     r"auto-?reply|autoresponder|notifications?)([+._-].*)?$",
@@ -248,6 +248,20 @@ class ScreenStage:
             ]
         return []
 
+    async def _verp_row(
+        self, session: AsyncSession, item: InboundMessage, now: datetime
+    ) -> OutboundMessage | None:
+        """The outbound mail a VERP address (bounce+<token>@) names, if any:
+        the envelope we chose, never an address quoted in the bounce."""
+        keys = self.settings.keys
+        if keys is None:
+            return None
+        for address in _verp_addresses(item.headers or {}):
+            outbound_id = outbound_id_from_verp(keys, address, now)
+            if outbound_id is not None:
+                return await session.get(OutboundMessage, outbound_id)
+        return None
+
     async def _bounce(
         self,
         session: AsyncSession,
@@ -257,14 +271,24 @@ class ScreenStage:
         now: datetime,
     ) -> list[str]:
         reasons = [f"bounce: {e}" for e in bounce.evidence]
-        for address in bounce.failed:
+        verp = await self._verp_row(session, item, now)
+        failed = list(bounce.failed)
+        if verp is not None:
+            reasons.append(f"VERP names outbound {verp.id} to {', '.join(verp.to_addrs)}")
+            if not failed and len(verp.to_addrs) == 1:
+                failed = list(verp.to_addrs)  # the DSN names no address; the envelope does
+        for address in failed:
             status = bounce.statuses.get(address) or bounce.status
-            lead = await _lead_we_mailed(session, address)
+            if verp is not None and (address in verp.to_addrs or len(verp.to_addrs) == 1):
+                lead = await session.get(Lead, verp.lead_id) if verp.lead_id else None
+            else:
+                lead = await _lead_we_mailed(session, address)
             if lead is None:
                 reasons.append(f"{address}: no mail of ours went there; nothing to change")
                 continue
             if status in INVALID_STATUSES:
                 reasons.append(f"{address}: {status} makes the address invalid")
+                await mark_bounced(session, lead.email, now, outbound_id=verp.id if verp else None)
                 await suppress(
                     session, address, reason=f"bounce {status}", source="bounce", now=now
                 )
@@ -303,6 +327,17 @@ class ScreenStage:
                 data={"status": status, "permanent": bounce.permanent},
             )
         return reasons
+
+
+def _verp_addresses(headers: dict[str, list[str]]) -> list[str]:
+    found = []
+    for name in ("delivered-to", "x-original-to", "envelope-to", "to"):
+        for value in headers.get(name, []):
+            found.extend(_BOUNCE_ADDRESS.findall(value))
+    return found
+
+
+_BOUNCE_ADDRESS = re.compile(r"bounce\+[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+", re.IGNORECASE)
 
 
 def _bounce_result(bounce: BounceReport) -> dict[str, Any]:

@@ -14,10 +14,9 @@ aiosmtplib 5).
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,58 +24,11 @@ import aiosmtplib
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from leadloop.config import SmtpConfig
+from leadloop.mail.smtpreply import Delivery, Reply, SmtpFailure, Stage
+
+__all__ = ["Delivery", "Reply", "SmtpConnection", "SmtpFailure", "SmtpSettings"]
 
 log = logging.getLogger("leadloop.channels.smtp")
-
-Stage = Literal["connect", "mail", "rcpt", "data", "dot"]
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A server reply: the basic code, the RFC 3463 enhanced code if given."""
-
-    code: int
-    text: str
-    enhanced: str | None = None
-
-    @classmethod
-    def parse(cls, code: int, message: str) -> Reply:
-        match = _ENHANCED.match(message or "")
-        enhanced = ".".join(match.groups()) if match else None
-        return cls(code=code, text=(message or "").strip(), enhanced=enhanced)
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"[:500]
-
-
-@dataclass
-class Delivery:
-    """A finished transaction: ``final`` is the reply to the final dot (None
-    when every recipient was refused, so DATA was never sent)."""
-
-    accepted: list[str] = field(default_factory=list)
-    rejected: dict[str, Reply] = field(default_factory=dict)
-    final: Reply | None = None
-
-
-class SmtpFailure(Exception):
-    """The transaction failed as a whole at *stage*.
-
-    ``reply`` is the server's answer, or ``None`` when the connection broke
-    or timed out.  At stage ``dot`` without a reply the message may or may
-    not have been delivered: :attr:`in_doubt`.
-    """
-
-    def __init__(self, stage: Stage, reply: Reply | None, detail: str) -> None:
-        self.stage = stage
-        self.reply = reply
-        self.detail = detail
-        super().__init__(f"{stage}: {reply or detail}")
-
-    @property
-    def in_doubt(self) -> bool:
-        return self.stage == "dot" and self.reply is None
 
 
 @dataclass(frozen=True)

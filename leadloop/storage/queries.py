@@ -8,7 +8,15 @@ from sqlalchemy import or_, select
 
 from leadloop.storage import repo
 from leadloop.storage.db import Database
-from leadloop.storage.models import Account, Event, InboundMessage, Lead, LeadStateChange, Mailbox
+from leadloop.storage.models import (
+    Account,
+    Event,
+    InboundMessage,
+    Lead,
+    LeadStateChange,
+    Mailbox,
+    OutboundMessage,
+)
 
 
 def _iso(value: Any) -> Any:
@@ -141,3 +149,64 @@ async def inbound_detail(db: Database, inbound_id: int) -> dict[str, Any] | None
             for e in events
         ],
     }
+
+
+# Outbound mail an operator may need to act on.
+ATTENTION = ("held", "failed", "in_doubt")
+
+
+async def outbound(db: Database, statuses: tuple[str, ...] = ATTENTION) -> list[dict[str, Any]]:
+    async with db.transaction() as session:
+        rows = await session.execute(
+            select(OutboundMessage, Mailbox.name)
+            .outerjoin(Mailbox, Mailbox.id == OutboundMessage.mailbox_id)
+            .where(OutboundMessage.status.in_(statuses))
+            .order_by(OutboundMessage.id)
+        )
+        return [_outbound_summary(row, mailbox) for row, mailbox in rows]
+
+
+def _outbound_summary(row: OutboundMessage, mailbox: str | None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "mailbox": mailbox,
+        "kind": row.kind,
+        "status": row.status,
+        "to": row.to_addrs,
+        "subject": row.subject,
+        "attempts": row.attempts,
+        "not_before": _iso(row.not_before),
+        "reason": row.held_reason or row.last_error,
+    }
+
+
+async def outbound_detail(db: Database, outbound_id: int) -> dict[str, Any] | None:
+    async with db.transaction() as session:
+        row = await session.get(OutboundMessage, outbound_id)
+        if row is None:
+            return None
+        mailbox = await session.get(Mailbox, row.mailbox_id) if row.mailbox_id else None
+        events = (
+            await session.scalars(
+                select(Event).where(Event.outbound_id == outbound_id).order_by(Event.id)
+            )
+        ).all()
+    detail = _outbound_summary(row, mailbox.name if mailbox else None)
+    detail.update(
+        {
+            "message_id": row.message_id,
+            "in_reply_to": row.in_reply_to,
+            "references": row.references,
+            "lead_id": row.lead_id,
+            "envelope_from": row.envelope_from,
+            "smtp_reply": row.smtp_reply,
+            "created_at": _iso(row.created_at),
+            "sent_at": _iso(row.sent_at),
+            "size": len(row.raw) if row.raw else None,
+            "events": [
+                {"at": _iso(e.at), "kind": e.kind, "actor": e.actor, "reasons": e.reasons}
+                for e in events
+            ],
+        }
+    )
+    return detail
