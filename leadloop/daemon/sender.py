@@ -146,13 +146,17 @@ class Sender:
             log.warning("recovered %d outbound mails left sending by a stopped sender", count)
         return count
 
-    async def drain(self, *, max_passes: int | None = None) -> PassResult:
-        """Send everything that is due and allowed now."""
+    async def drain(
+        self, *, max_passes: int | None = None, stop: asyncio.Event | None = None
+    ) -> PassResult:
+        """Send everything that is due and allowed now (until *stop* is set)."""
         total = PassResult()
         async with self._running:
+            # Claims whose lease ran out (a daemon sharing the database died).
+            await self.recover(all_claims=False)
             await self._settle_in_doubt()
             passes = 0
-            while max_passes is None or passes < max_passes:
+            while (max_passes is None or passes < max_passes) and not (stop and stop.is_set()):
                 passes += 1
                 result = await self._pass()
                 total.claimed += result.claimed
@@ -172,12 +176,19 @@ class Sender:
         result = PassResult(claimed=len(ready))
         if not ready:
             return result
-        outcomes = await asyncio.gather(*(self._send(item) for item in ready))
-        for outcome in outcomes:
+        outcomes = await asyncio.gather(
+            *(self._send(item) for item in ready), return_exceptions=True
+        )
+        for item, outcome in zip(ready, outcomes, strict=True):
             if isinstance(outcome, Delivery) and outcome.accepted:
                 result.sent += 1
             else:
                 result.other += 1
+            if isinstance(outcome, BaseException) and not isinstance(outcome, SmtpFailure):
+                # The row stays claimed; its lease ends and recover() settles it.
+                log.error("sending outbound %s failed unexpectedly: %r", item.id, outcome)
+                if not isinstance(outcome, Exception):
+                    raise outcome
         return result
 
     async def _send(self, item: Ready) -> Delivery | SmtpFailure:

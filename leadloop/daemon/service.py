@@ -515,7 +515,7 @@ class Service:
         if self.sender is None:
             return
         try:
-            result = await self.sender.drain()
+            result = await self.sender.drain(stop=self.stop_event)
         except Exception:
             log.exception("sending failed; will try at the next tick")
             return
