@@ -78,11 +78,21 @@ def _bytes(envelope: Envelope) -> bytes:
 
 
 @asynccontextmanager
-async def smtp_server(handler: ScriptedHandler) -> AsyncIterator[int]:
-    """aiosmtpd on 127.0.0.1 and a free port (its Controller cannot bind port 0)."""
+async def smtp_server(handler: ScriptedHandler, *, authenticator: Any = None) -> AsyncIterator[int]:
+    """aiosmtpd on 127.0.0.1 and a free port (its Controller cannot bind port 0).
+    With *authenticator*, AUTH is required (offered without TLS: loopback)."""
     loop = asyncio.get_running_loop()
+    options: dict[str, Any] = {}
+    if authenticator is not None:
+        options = {
+            "authenticator": authenticator,
+            "auth_required": True,
+            "auth_require_tls": False,
+        }
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="mx.test", ident="aiosmtpd-test"), "127.0.0.1", 0
+        lambda: SMTP(handler, hostname="mx.test", ident="aiosmtpd-test", **options),
+        "127.0.0.1",
+        0,
     )
     try:
         yield server.sockets[0].getsockname()[1]

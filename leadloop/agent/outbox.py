@@ -28,7 +28,8 @@ connection error before the final dot              the first hour, then over 3 d
                                                    then failed, lead to its owner
 5.1.1 5.1.2 5.1.3 5.1.6 5.1.10 5.2.1               rejected; address suppressed, lead
                                                    ``invalid``
-5.1.7 5.1.8 (our sender)                           mailbox paused, alert; the row waits
+5.1.7 5.1.8 (our sender), any 5xx to our          mailbox paused, alert; the row waits
+login or MAIL FROM
 5.7.x policy rejection of one recipient            rejected; that lead to its owner
 a breaker code (5.7.26, 5.7.515, 4.7.28, ...)      mailbox paused, alert; the row waits
 connection lost after the final dot                in doubt: settled in the Sent folder
@@ -108,8 +109,15 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
-def verdict(reply: Reply | None, *, in_doubt: bool, breaker_codes: Iterable[str]) -> Verdict:
-    """The outcome table for one reply (``None``: no reply, connection broke)."""
+def verdict(
+    reply: Reply | None,
+    *,
+    in_doubt: bool,
+    breaker_codes: Iterable[str],
+    stage: str = "rcpt",
+) -> Verdict:
+    """The outcome table for one reply (``None``: no reply, connection broke)
+    at *stage* (connect, mail, rcpt, data, dot)."""
     if in_doubt:
         return Verdict.IN_DOUBT
     if reply is None:
@@ -123,6 +131,10 @@ def verdict(reply: Reply | None, *, in_doubt: bool, breaker_codes: Iterable[str]
         return Verdict.RETRY  # mailbox full: RFC 5321 treats 552 as temporary in practice
     if 400 <= reply.code < 500:
         return Verdict.RETRY
+    if stage in ("connect", "mail"):
+        # A permanent refusal of our connection, login or envelope sender is
+        # about us, never about the lead.
+        return Verdict.SENDER
     if enhanced in INVALID_STATUSES:
         return Verdict.INVALID
     if enhanced in SENDER_STATUSES:
@@ -773,7 +785,10 @@ async def record(
     if isinstance(outcome, SmtpFailure):
         row.smtp_reply = str(outcome.reply) if outcome.reply else outcome.detail
         result = verdict(
-            outcome.reply, in_doubt=outcome.in_doubt, breaker_codes=settings.breaker_codes
+            outcome.reply,
+            in_doubt=outcome.in_doubt,
+            breaker_codes=settings.breaker_codes,
+            stage=outcome.stage,
         )
         await _apply(session, settings, row, lead, result, row.smtp_reply, now, row.to_addrs)
         return result
@@ -881,7 +896,7 @@ async def _apply(
     elif result is Verdict.SENDER:
         # Our address is refused: no lead's fault, so the row waits for resume.
         _wait_for_resume(row, why)
-        await pause_sender(session, row.mailbox_id, f"our sender address was refused: {why}", now)
+        await pause_sender(session, row.mailbox_id, f"the relay refused us: {why}", now)
     elif result is Verdict.POLICY:
         _finish(session, row, Status.REJECTED, now, why)
         row.policy_rejected = True
