@@ -11,10 +11,11 @@ import logging
 from datetime import datetime
 from enum import StrEnum
 
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.storage import repo
-from leadloop.storage.models import Lead, LeadStateChange
+from leadloop.storage.models import Event, Lead, LeadStateChange, table_of
 
 log = logging.getLogger("leadloop.agent.lifecycle")
 
@@ -156,3 +157,65 @@ async def transition(
         )
     log.info("lead=%s state %s -> %s by %s: %s", lead.id, source, target, actor, reason)
     return change
+
+
+async def transition_many(
+    session: AsyncSession,
+    lead_ids: list[int],
+    source: State,
+    target: State,
+    *,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> list[int]:
+    """Move every lead of *lead_ids* that is in *source* to *target*, in a
+    few set-based statements (the sender's hot path: a first touch moves
+    ``new`` -> ``engaging``), recording each change like :func:`transition`.
+    Returns the ids that moved.  Pauses, with their kept state, go through
+    :func:`transition`."""
+    if (source, target) not in ALLOWED or State.PAUSED in (source, target):
+        raise InvalidTransition(f"{source} -> {target} is not allowed here")
+    if not lead_ids:
+        return []
+    leads = table_of(Lead)
+    moved = [
+        row[0]
+        for row in await session.execute(
+            update(leads)
+            .where(leads.c.id.in_(lead_ids), leads.c.state == source.value)
+            .values(state=target.value, state_changed_at=now, updated_at=now)
+            .returning(leads.c.id)
+        )
+    ]
+    if moved:
+        await session.execute(
+            insert(table_of(LeadStateChange)),
+            [
+                {
+                    "lead_id": lead_id,
+                    "from_state": source.value,
+                    "to_state": target.value,
+                    "actor": actor,
+                    "reason": reason,
+                    "at": now,
+                }
+                for lead_id in moved
+            ],
+        )
+        await session.execute(
+            insert(table_of(Event)),
+            [
+                {
+                    "at": now,
+                    "kind": "lead.state",
+                    "actor": actor,
+                    "lead_id": lead_id,
+                    "reasons": [reason],
+                    "data": {"from": source.value, "to": target.value, "until": None},
+                }
+                for lead_id in moved
+            ],
+        )
+        log.info("%d leads state %s -> %s by %s: %s", len(moved), source, target, actor, reason)
+    return moved

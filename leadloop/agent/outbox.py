@@ -50,11 +50,17 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import String, cast, func, or_, select, update
+from sqlalchemy import String, bindparam, cast, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent.alerts import raise_alert
-from leadloop.agent.lifecycle import SENDING_STATES, State, can_transition, transition
+from leadloop.agent.lifecycle import (
+    SENDING_STATES,
+    State,
+    can_transition,
+    transition,
+    transition_many,
+)
 from leadloop.config import LoadedConfig
 from leadloop.mail import compose
 from leadloop.mail.headers import safe_address, safe_header_value
@@ -67,7 +73,15 @@ from leadloop.mail.smtpreply import (
 )
 from leadloop.mail.tokens import TokenKeys
 from leadloop.storage import repo
-from leadloop.storage.models import InboundMessage, Lead, Mailbox, OutboundMessage, Suppression
+from leadloop.storage.models import (
+    Event,
+    InboundMessage,
+    Lead,
+    Mailbox,
+    OutboundMessage,
+    Suppression,
+    table_of,
+)
 
 log = logging.getLogger("leadloop.agent.outbox")
 ACTOR = "outbox"
@@ -96,6 +110,7 @@ LEAD_KINDS = frozenset({Kind.TOUCH, Kind.REPLY, Kind.INTRO})
 # Counted against caps while the outcome is open or the mail has gone.
 _IN_FLIGHT = (Status.SENDING, Status.IN_DOUBT)
 UNSUBSCRIBE_TTL = timedelta(days=90)  # DESIGN.md: at least 60 days
+STALE_RENDER = timedelta(hours=1)
 
 
 class Verdict(StrEnum):
@@ -315,6 +330,9 @@ async def queue(
     )
     session.add(row)
     await session.flush()
+    # The final bytes are made with the decision, so sending is only sending.
+    row.raw = build(settings, row, now)
+    row.envelope_from = envelope_sender(settings, row)
     repo.add_event(
         session,
         "outbound.queued",
@@ -561,7 +579,7 @@ async def claim(
         select(OutboundMessage)
         .where(OutboundMessage.status == Status.QUEUED, OutboundMessage.not_before <= now)
         .order_by(OutboundMessage.not_before, OutboundMessage.id)
-        .limit(limit * 4)
+        .limit(limit * 2)
         .with_for_update(skip_locked=True)
     )
     blocked_boxes, blocked_domains = budget.blocked()
@@ -617,7 +635,9 @@ async def claim(
                 continue
             lead_counts[lead.id] += 1
         budget.take(row.mailbox_id, domain)
-        if row.raw is None:
+        if row.raw is None or (row.attempts == 0 and now - row.created_at > STALE_RENDER):
+            # Never shown to a server and made long ago (a delayed touch):
+            # made again, so its Date and tokens are fresh.
             row.raw = build(settings, row, now)
             row.envelope_from = envelope_sender(settings, row)
         row.status = Status.SENDING
@@ -761,6 +781,27 @@ async def mark_dot(session: AsyncSession, ids: Iterable[int]) -> None:
         )
 
 
+async def unclaim(session: AsyncSession, ids: Iterable[int]) -> None:
+    """Give back claimed rows that never reached the server."""
+    ids = list(ids)
+    if ids:
+        await session.execute(
+            update(OutboundMessage)
+            .where(
+                OutboundMessage.id.in_(ids),
+                OutboundMessage.status == Status.SENDING,
+                OutboundMessage.phase == "claimed",
+            )
+            .values(
+                status=Status.QUEUED,
+                phase=None,
+                claimed_by=None,
+                claimed_until=None,
+                attempts=OutboundMessage.attempts - 1,
+            )
+        )
+
+
 def _finish(
     session: AsyncSession, row: OutboundMessage, status: Status, now: datetime, why: str | None
 ) -> None:
@@ -807,6 +848,75 @@ async def record(
     row.smtp_reply = str(outcome.final)
     await _apply(session, settings, row, lead, Verdict.SENT, row.smtp_reply, now, outcome.accepted)
     return Verdict.SENT
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A plain success, for :func:`record_sent_many`."""
+
+    row_id: int
+    kind: str
+    lead_id: int | None
+    mailbox: str
+    reply: str
+
+
+async def record_sent_many(
+    session: AsyncSession, settings: OutboxSettings, sent: Sequence[Sent], now: datetime
+) -> None:
+    """Every recipient took the mail: the common case, in set-based
+    statements.  The same effects as :func:`record` for a 250."""
+    if not sent:
+        return
+    table = table_of(OutboundMessage)
+    await session.execute(
+        update(table)
+        .where(table.c.id == bindparam("row_id"), table.c.status == Status.SENDING.value)
+        .values(
+            status=Status.SENT.value,
+            sent_at=now,
+            finished_at=now,
+            phase=None,
+            claimed_by=None,
+            claimed_until=None,
+            last_error=None,
+            smtp_reply=bindparam("reply"),
+            copy_pending=bindparam("copy"),
+        ),
+        [
+            {
+                "row_id": item.row_id,
+                "reply": item.reply,
+                "copy": settings.box(item.mailbox).sent_copy == "client",
+            }
+            for item in sent
+        ],
+    )
+    await session.execute(
+        insert(table_of(Event)),
+        [
+            {
+                "at": now,
+                "kind": "outbound.sent",
+                "actor": ACTOR,
+                "lead_id": item.lead_id,
+                "outbound_id": item.row_id,
+                "reasons": [item.reply],
+                "data": {"verdict": Verdict.SENT.value},
+            }
+            for item in sent
+        ],
+    )
+    first_touches = [i.lead_id for i in sent if i.kind == Kind.TOUCH and i.lead_id is not None]
+    await transition_many(
+        session,
+        first_touches,
+        State.NEW,
+        State.ENGAGING,
+        actor=ACTOR,
+        reason="first touch sent",
+        now=now,
+    )
 
 
 async def _recipient_refused(
@@ -1131,6 +1241,7 @@ async def check_breaker(
     session: AsyncSession, settings: OutboxSettings, mailbox_id: int | None, now: datetime
 ) -> None:
     """Pause the mailbox on too many permanent bounces or policy rejections."""
+    await session.flush()  # the outcomes recorded so far in this group count
     recent = (
         select(OutboundMessage.bounced)
         .where(

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,10 +28,9 @@ from leadloop.channels.base import ChannelError
 from leadloop.channels.smtp import Delivery, SmtpConnection, SmtpFailure, SmtpSettings
 from leadloop.clock import Clock
 from leadloop.storage.db import Database
-from leadloop.storage.models import OutboundMessage
+from leadloop.storage.models import Lead, OutboundMessage
 
 log = logging.getLogger("leadloop.daemon.sender")
-T = TypeVar("T")
 
 
 class SentFolder(Protocol):
@@ -44,46 +43,77 @@ class SentFolder(Protocol):
     async def close(self) -> None: ...
 
 
-class _GroupCommit(Generic[T]):
-    """Callers await :meth:`submit`; one transaction applies every item that
-    arrived while the previous one was committing."""
+Outcome = Delivery | SmtpFailure
+
+
+@dataclass
+class _Op:
+    """One durable write waiting for the next group commit: a dot mark
+    (``outcome`` is None) or an outcome."""
+
+    item: Ready
+    outcome: Outcome | None
+    done: asyncio.Future[None]
+
+
+class _Committer:
+    """Group commit for the sender's two durable writes.
+
+    Callers await :meth:`dot` or :meth:`outcome`; one flusher applies every
+    write that arrived while the previous transaction was committing, in one
+    transaction, on one long-lived session.
+    """
 
     def __init__(
         self,
         db: Database,
         lock: asyncio.Lock,
-        apply: Callable[[AsyncSession, list[T]], Awaitable[None]],
+        apply: Callable[[AsyncSession, list[int], list[tuple[Ready, Outcome]]], Awaitable[None]],
     ) -> None:
         self._db = db
         self._lock = lock
         self._apply = apply
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._pending: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0
 
-    async def submit(self, item: T) -> None:
+    def submit(self, item: Ready, outcome: Outcome | None) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
+        self._pending.append(_Op(item, outcome, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await future
+        return future
 
     async def _flush(self) -> None:
+        # The outer loop: writes submitted while the session was closing
+        # (this task not yet done, so no new flusher was started) still go.
         while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self._lock, self._db.sessions() as session:
-                    await self._apply(session, [item for item, _ in batch])
-                    await session.commit()
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+            await self._flush_session()
+
+    async def _flush_session(self) -> None:
+        async with self._db.sessions() as session:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                dots = [op.item.id for op in batch if op.outcome is None]
+                outcomes = [(op.item, op.outcome) for op in batch if op.outcome is not None]
+                try:
+                    async with self._lock:
+                        await self._apply(session, dots, outcomes)
+                        await session.commit()
+                    self.commits += 1
+                except BaseException as exc:
+                    await session.rollback()
+                    for op in batch:
+                        if not op.done.done():
+                            op.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for op in batch:
+                        if not op.done.done():
+                            op.done.set_result(None)
+                finally:
+                    session.expunge_all()
 
 
 @dataclass
@@ -119,14 +149,8 @@ class Sender:
         self.sent_folders = sent_folders or {}
         self.fault = fault
         self._write_lock = asyncio.Lock()
-        self._pool: asyncio.Queue[SmtpConnection] = asyncio.Queue()
         self._connections = [SmtpConnection(smtp, secret) for _ in range(connections)]
-        for conn in self._connections:
-            self._pool.put_nowait(conn)
-        self._dots: _GroupCommit[int] = _GroupCommit(db, self._write_lock, self._mark_dots)
-        self._outcomes: _GroupCommit[tuple[int, Delivery | SmtpFailure]] = _GroupCommit(
-            db, self._write_lock, self._record
-        )
+        self._committer = _Committer(db, self._write_lock, self._apply)
         self._running = asyncio.Lock()
 
     async def close(self) -> None:
@@ -149,96 +173,164 @@ class Sender:
     async def drain(
         self, *, max_passes: int | None = None, stop: asyncio.Event | None = None
     ) -> PassResult:
-        """Send everything that is due and allowed now (until *stop* is set)."""
+        """Send everything that is due and allowed now (until *stop* is set).
+
+        A feeder claims batches into a small local queue while one worker per
+        SMTP connection sends from it, so claiming overlaps sending.
+        """
         total = PassResult()
         async with self._running:
             # Claims whose lease ran out (a daemon sharing the database died).
             await self.recover(all_claims=False)
             await self._settle_in_doubt()
-            passes = 0
-            while (max_passes is None or passes < max_passes) and not (stop and stop.is_set()):
-                passes += 1
-                result = await self._pass()
-                total.claimed += result.claimed
-                total.sent += result.sent
-                total.other += result.other
-                if result.claimed == 0:
-                    break
+            lanes = len(self._connections)
+            work: asyncio.Queue[Ready | None] = asyncio.Queue(
+                maxsize=max(self.settings.claim_batch, lanes)
+            )
+            unsent: list[int] = []
+            workers = [
+                asyncio.create_task(self._worker(conn, work, total, stop, unsent))
+                for conn in self._connections
+            ]
+            try:
+                passes = 0
+                while (max_passes is None or passes < max_passes) and not (stop and stop.is_set()):
+                    passes += 1
+                    async with self._write_lock, self.db.sessions() as session:
+                        ready = await outbox.claim(
+                            session, self.settings, worker=self.worker, now=self.clock.now()
+                        )
+                        await session.commit()
+                    if not ready:
+                        break
+                    total.claimed += len(ready)
+                    for item in ready:
+                        await work.put(item)
+            except BaseException:
+                for task in workers:
+                    task.cancel()
+                raise
+            finally:
+                for _ in workers:
+                    await work.put(None)
+                await asyncio.gather(*workers, return_exceptions=True)
+                if unsent:
+                    await self._unclaim(unsent)
             await self._append_copies()
         return total
 
-    async def _pass(self) -> PassResult:
+    async def _unclaim(self, ids: list[int]) -> None:
+        """Claimed but never started (the daemon is stopping): queued again."""
         async with self._write_lock, self.db.sessions() as session:
-            ready = await outbox.claim(
-                session, self.settings, worker=self.worker, now=self.clock.now()
-            )
+            await outbox.unclaim(session, ids)
             await session.commit()
-        result = PassResult(claimed=len(ready))
-        if not ready:
-            return result
-        outcomes = await asyncio.gather(
-            *(self._send(item) for item in ready), return_exceptions=True
-        )
-        for item, outcome in zip(ready, outcomes, strict=True):
-            if isinstance(outcome, Delivery) and outcome.accepted:
-                result.sent += 1
-            else:
-                result.other += 1
-            if isinstance(outcome, BaseException) and not isinstance(outcome, SmtpFailure):
-                # The row stays claimed; its lease ends and recover() settles it.
-                log.error("sending outbound %s failed unexpectedly: %r", item.id, outcome)
-                if not isinstance(outcome, Exception):
-                    raise outcome
-        return result
 
-    async def _send(self, item: Ready) -> Delivery | SmtpFailure:
-        conn = await self._pool.get()
-        try:
-            if self.fault:
-                await self.fault("before_smtp", item)
-
-            async def before_dot() -> None:
-                if self.fault:
-                    await self.fault("before_dot", item)
-                await self._dots.submit(item.id)
-
-            try:
-                outcome: Delivery | SmtpFailure = await conn.send(
-                    item.envelope_from, item.recipients, item.raw, before_dot=before_dot
-                )
-            except SmtpFailure as exc:
-                outcome = exc
-            if self.fault:
-                await self.fault("after_reply", item)
-            await self._outcomes.submit((item.id, outcome))
-            if self.fault:
-                await self.fault("after_commit", item)
-            return outcome
-        finally:
-            self._pool.put_nowait(conn)
-
-    async def _mark_dots(self, session: AsyncSession, ids: list[int]) -> None:
-        await outbox.mark_dot(session, ids)
-
-    async def _record(
-        self, session: AsyncSession, items: list[tuple[int, Delivery | SmtpFailure]]
+    async def _worker(
+        self,
+        conn: SmtpConnection,
+        work: asyncio.Queue[Ready | None],
+        total: PassResult,
+        stop: asyncio.Event | None,
+        unsent: list[int],
     ) -> None:
-        now = self.clock.now()
-        rows = {
-            row.id: row
-            for row in await session.scalars(
-                select(OutboundMessage).where(OutboundMessage.id.in_([i for i, _ in items]))
-            )
-        }
-        for row_id, outcome in items:
-            row = rows.get(row_id)
-            if row is None or row.status != Status.SENDING:
+        """Send items one after another on *conn*.  The outcome of one mail
+        commits while the next is on the wire; before the next final dot the
+        worker waits for it, so the order of durable writes per connection
+        is kept."""
+        previous: tuple[Ready, asyncio.Future[None]] | None = None
+
+        async def settle_previous() -> None:
+            nonlocal previous
+            if previous is not None:
+                item, committed = previous
+                previous = None
+                await committed
+                if self.fault:
+                    await self.fault("after_commit", item)
+
+        while (item := await work.get()) is not None:
+            if stop is not None and stop.is_set():
+                unsent.append(item.id)
                 continue
-            result = await outbox.record(session, self.settings, row, outcome, now)
-            level = logging.INFO if result is outbox.Verdict.SENT else logging.WARNING
-            log.log(
-                level, "outbound %s to %s: %s (%s)", row.id, row.to_addrs, result, row.smtp_reply
+            try:
+                outcome = await self._send_one(conn, item, settle_previous)
+            except Exception:
+                # The row stays claimed; its lease ends and recover() settles it.
+                log.exception("sending outbound %s failed unexpectedly", item.id)
+                total.other += 1
+                continue
+            if isinstance(outcome, Delivery) and outcome.accepted:
+                total.sent += 1
+            else:
+                total.other += 1
+            previous = (item, self._committer.submit(item, outcome))
+        await settle_previous()
+
+    async def _send_one(
+        self, conn: SmtpConnection, item: Ready, settle_previous: Callable[[], Awaitable[None]]
+    ) -> Outcome:
+        if self.fault:
+            await self.fault("before_smtp", item)
+
+        async def before_dot() -> None:
+            await settle_previous()
+            if self.fault:
+                await self.fault("before_dot", item)
+            await self._committer.submit(item, None)
+
+        try:
+            outcome: Outcome = await conn.send(
+                item.envelope_from, item.recipients, item.raw, before_dot=before_dot
             )
+        except SmtpFailure as exc:
+            outcome = exc
+        # A transaction that failed before its dot never waited for the previous
+        # outcome; wait now, so outcomes commit in the order they happened.
+        await settle_previous()
+        if self.fault:
+            await self.fault("after_reply", item)
+        return outcome
+
+    async def _apply(
+        self, session: AsyncSession, dots: list[int], outcomes: list[tuple[Ready, Outcome]]
+    ) -> None:
+        await outbox.mark_dot(session, dots)
+        if not outcomes:
+            return
+        now = self.clock.now()
+        plain = [
+            outbox.Sent(item.id, item.kind, item.lead_id, item.mailbox, str(outcome.final))
+            for item, outcome in outcomes
+            if isinstance(outcome, Delivery)
+            and outcome.final is not None
+            and outcome.final.code < 300
+            and not outcome.rejected
+        ]
+        await outbox.record_sent_many(session, self.settings, plain, now)
+        done = {sent.row_id for sent in plain}
+        others = [(item.id, outcome) for item, outcome in outcomes if item.id not in done]
+        if not others:
+            return
+        ids = [row_id for row_id, _ in others]
+        with session.no_autoflush:
+            rows = {
+                row.id: row
+                for row in await session.scalars(
+                    select(OutboundMessage).where(OutboundMessage.id.in_(ids))
+                )
+            }
+            lead_ids = {row.lead_id for row in rows.values() if row.lead_id is not None}
+            if lead_ids:
+                # Into the identity map: record() finds them without a query each.
+                await session.scalars(select(Lead).where(Lead.id.in_(lead_ids)))
+            for row_id, outcome in others:
+                row = rows.get(row_id)
+                if row is None or row.status != Status.SENDING:
+                    continue
+                result = await outbox.record(session, self.settings, row, outcome, now)
+                log.warning(
+                    "outbound %s to %s: %s (%s)", row.id, row.to_addrs, result, row.smtp_reply
+                )
 
     async def _settle_in_doubt(self) -> None:
         """Look up in-doubt mail in the Sent folder of a ``sent_copy = "server"`` mailbox."""
