@@ -255,6 +255,29 @@ class OutboxSettings:
         return next(iter(self.mailboxes.values()))
 
 
+def _event(
+    session: AsyncSession,
+    row: OutboundMessage,
+    kind: str,
+    reasons: list[str],
+    now: datetime,
+    *,
+    actor: str = ACTOR,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Record what happened to *row* (and so to its lead)."""
+    repo.add_event(
+        session,
+        kind,
+        actor=actor,
+        now=now,
+        lead_id=row.lead_id,
+        outbound_id=row.id,
+        reasons=reasons,
+        data=data,
+    )
+
+
 # -- queueing -----------------------------------------------------------------
 
 
@@ -333,14 +356,8 @@ async def queue(
     # The final bytes are made with the decision, so sending is only sending.
     row.raw = build(settings, row, now)
     row.envelope_from = envelope_sender(settings, row)
-    repo.add_event(
-        session,
-        "outbound.queued",
-        actor=actor,
-        now=now,
-        lead_id=row.lead_id,
-        outbound_id=row.id,
-        reasons=[f"{kind} to {', '.join(row.to_addrs)}"],
+    _event(
+        session, row, "outbound.queued", [f"{kind} to {', '.join(row.to_addrs)}"], now, actor=actor
     )
     return row
 
@@ -609,15 +626,7 @@ async def claim(
         refusal = _send_rule(settings, row, lead, suppressed, now)
         if refusal is not None:
             _finish(session, row, Status.SKIPPED, now, refusal)
-            repo.add_event(
-                session,
-                "outbound.skipped",
-                actor=ACTOR,
-                now=now,
-                lead_id=row.lead_id,
-                outbound_id=row.id,
-                reasons=[refusal],
-            )
+            _event(session, row, "outbound.skipped", [refusal], now)
             continue
         if lead is not None and Kind(row.kind) in LEAD_KINDS and settings.per_lead_day:
             if lead_counts[lead.id] >= settings.per_lead_day:
@@ -931,15 +940,8 @@ async def _recipient_refused(
 ) -> None:
     """One of several recipients refused while the others took the mail."""
     reason = f"{address}: {reply}"
-    repo.add_event(
-        session,
-        "outbound.recipient_refused",
-        actor=ACTOR,
-        now=now,
-        lead_id=row.lead_id,
-        outbound_id=row.id,
-        reasons=[reason],
-        data={"verdict": result.value},
+    _event(
+        session, row, "outbound.recipient_refused", [reason], now, data={"verdict": result.value}
     )
     is_lead = lead is not None and address == lead.email
     if result is Verdict.INVALID:
@@ -1022,16 +1024,7 @@ async def _apply(
         _finish(session, row, Status.FAILED, now, why)
         if lead is not None and kind in LEAD_KINDS:
             await _to_owner(session, lead, f"refused: {why}", now, row)
-    repo.add_event(
-        session,
-        f"outbound.{result.value}",
-        actor=ACTOR,
-        now=now,
-        lead_id=row.lead_id,
-        outbound_id=row.id,
-        reasons=[why],
-        data=event_data,
-    )
+    _event(session, row, f"outbound.{result.value}", [why], now, data=event_data)
 
 
 def _wait_for_resume(row: OutboundMessage, why: str) -> None:
@@ -1099,15 +1092,7 @@ async def settle(
         lead = await session.get(Lead, row.lead_id) if row.lead_id is not None else None
         if lead is not None and row.kind == Kind.TOUCH and lead.state == State.NEW:
             await _to_state(session, lead, State.ENGAGING, "first touch sent", now)
-        repo.add_event(
-            session,
-            "outbound.settled",
-            actor=ACTOR,
-            now=now,
-            lead_id=row.lead_id,
-            outbound_id=row.id,
-            reasons=["found in the Sent folder: it was sent"],
-        )
+        _event(session, row, "outbound.settled", ["found in the Sent folder: it was sent"], now)
         return
     lookups = int(row.payload.get("lookups", 0)) + 1
     row.payload = {**row.payload, "lookups": lookups}
@@ -1131,14 +1116,12 @@ async def recover(
     for row in rows:
         if row.phase == "dot":
             box = settings.box(row.payload.get("mailbox"))
-            repo.add_event(
+            _event(
                 session,
+                row,
                 "outbound.in_doubt",
-                actor=ACTOR,
-                now=now,
-                lead_id=row.lead_id,
-                outbound_id=row.id,
-                reasons=["the sender stopped after the final dot, before the reply was recorded"],
+                ["the sender stopped after the final dot, before the reply was recorded"],
+                now,
             )
             await _in_doubt(session, settings, row, box.sent_copy, "restart", now)
         else:
@@ -1146,14 +1129,12 @@ async def recover(
             row.phase = None
             row.claimed_by = row.claimed_until = None
             row.attempts = max(row.attempts - 1, 0)
-            repo.add_event(
+            _event(
                 session,
+                row,
                 "outbound.requeued",
-                actor=ACTOR,
-                now=now,
-                lead_id=row.lead_id,
-                outbound_id=row.id,
-                reasons=["the sender stopped before the final dot; sending again is safe"],
+                ["the sender stopped before the final dot; sending again is safe"],
+                now,
             )
     return len(rows)
 
@@ -1341,14 +1322,8 @@ async def release(
     row.held_reason = None
     row.finished_at = None
     row.phase = None
-    repo.add_event(
-        session,
-        "outbox.released",
-        actor=actor,
-        now=now,
-        lead_id=row.lead_id,
-        outbound_id=row.id,
-        reasons=[f"released from {previous} by {actor}"],
+    _event(
+        session, row, "outbox.released", [f"released from {previous} by {actor}"], now, actor=actor
     )
     return row
 
@@ -1364,13 +1339,12 @@ async def cancel(
     previous = row.status
     _finish(session, row, Status.CANCELLED, now, None)
     row.copy_pending = False
-    repo.add_event(
+    _event(
         session,
+        row,
         "outbox.cancelled",
+        [f"cancelled from {previous} by {actor}"],
+        now,
         actor=actor,
-        now=now,
-        lead_id=row.lead_id,
-        outbound_id=row.id,
-        reasons=[f"cancelled from {previous} by {actor}"],
     )
     return row
