@@ -1007,7 +1007,7 @@ async def _apply(
         await check_breaker(session, settings, row.mailbox_id, now)
     elif result is Verdict.SENDER:
         # Our address is refused: no lead's fault, so the row waits for resume.
-        _wait_for_resume(row, why)
+        _wait_for_resume(row, why, settings, now)
         await pause_sender(session, row.mailbox_id, f"the relay refused us: {why}", now)
     elif result is Verdict.POLICY:
         _finish(session, row, Status.REJECTED, now, why)
@@ -1016,7 +1016,7 @@ async def _apply(
             await _to_owner(session, lead, f"refused by the recipient's server: {why}", now, row)
         await check_breaker(session, settings, row.mailbox_id, now)
     elif result is Verdict.REPUTATION:
-        _wait_for_resume(row, why)
+        _wait_for_resume(row, why, settings, now)
         await pause_sender(session, row.mailbox_id, f"reputation or authentication: {why}", now)
     elif result is Verdict.IN_DOUBT:
         await _in_doubt(session, settings, row, box.sent_copy, why, now)
@@ -1027,8 +1027,14 @@ async def _apply(
     _event(session, row, f"outbound.{result.value}", [why], now, data=event_data)
 
 
-def _wait_for_resume(row: OutboundMessage, why: str) -> None:
-    """Not this lead's fault: back in the queue, behind the paused mailbox."""
+def _wait_for_resume(
+    row: OutboundMessage, why: str, settings: OutboxSettings, now: datetime
+) -> None:
+    """Not this lead's fault: back in the queue, behind its paused mailbox.  A
+    row of no known mailbox is not held back by a pause, so it waits out the
+    first retry instead of being claimed again at once."""
+    if row.mailbox_id is None:
+        row.not_before = max(row.not_before, now + settings.retry[0])
     row.status = Status.QUEUED
     row.phase = None
     row.claimed_by = row.claimed_until = None

@@ -75,7 +75,6 @@ class _Committer:
         self._apply = apply
         self._pending: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.commits = 0
 
     def submit(self, item: Ready, outcome: Outcome | None) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -100,7 +99,6 @@ class _Committer:
                     async with self._lock:
                         await self._apply(session, dots, outcomes)
                         await session.commit()
-                    self.commits += 1
                 except BaseException as exc:
                     await session.rollback()
                     for op in batch:
@@ -170,9 +168,7 @@ class Sender:
             log.warning("recovered %d outbound mails left sending by a stopped sender", count)
         return count
 
-    async def drain(
-        self, *, max_passes: int | None = None, stop: asyncio.Event | None = None
-    ) -> PassResult:
+    async def drain(self, *, stop: asyncio.Event | None = None) -> PassResult:
         """Send everything that is due and allowed now (until *stop* is set).
 
         A feeder claims batches into a small local queue while one worker per
@@ -193,9 +189,7 @@ class Sender:
                 for conn in self._connections
             ]
             try:
-                passes = 0
-                while (max_passes is None or passes < max_passes) and not (stop and stop.is_set()):
-                    passes += 1
+                while not (stop and stop.is_set()):
                     async with self._write_lock, self.db.sessions() as session:
                         ready = await outbox.claim(
                             session, self.settings, worker=self.worker, now=self.clock.now()
