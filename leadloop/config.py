@@ -384,6 +384,140 @@ class TokensConfig(SecretSource):
     secret may list several keys separated by commas or newlines."""
 
 
+# Merge fields a cadence template may use: {first_name}, {company}, ...
+MERGE_FIELDS = frozenset(
+    {
+        "first_name",
+        "last_name",
+        "full_name",
+        "title",
+        "company",
+        "email",
+        "country",
+        "account_name",
+        "industry",
+        "sender_name",
+        "sender_address",
+        "product",
+    }
+)
+MERGE_FIELD_PATTERN = re.compile(r"\{([^{}]*)\}")
+
+
+def _check_template(value: str) -> str:
+    # Only plain {name} fields from MERGE_FIELDS: no attribute access,
+    # indexing or format specs, so a template can never reach into objects.
+    for name in MERGE_FIELD_PATTERN.findall(value.replace("{{", "").replace("}}", "")):
+        if name not in MERGE_FIELDS:
+            raise ValueError(
+                f"unknown merge field {{{name}}} (known: {', '.join(sorted(MERGE_FIELDS))})"
+            )
+    return value
+
+
+class CadenceStep(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    """Stable: a lead mid-cadence keeps its place by this id across edits."""
+    delay: str = "0d"
+    """After the previous touch went out: "2d", "36h", "3 business days"."""
+    subject: str
+    body: str
+    instructions: str = ""
+    """For the brain (a later issue writes the mail from them)."""
+
+    @field_validator("delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        from leadloop.agent.sendtime import Delay
+
+        Delay.parse(value)
+        return value
+
+    @field_validator("subject", "body")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return _check_template(value)
+
+
+class Segment(_Section):
+    """Which leads a cadence works; every given condition must hold."""
+
+    states: list[Literal["new", "engaging"]] = Field(default_factory=lambda: ["new"])  # type: ignore[arg-type]
+    sources: list[str] = Field(default_factory=list)
+    ratings: list[str] = Field(default_factory=list)
+    countries: list[str] = Field(default_factory=list)
+    created_within: Duration | None = None
+    custom: dict[str, str] = Field(default_factory=dict)
+
+
+def _default_steps() -> list[CadenceStep]:
+    body = (
+        "Hi {first_name},\n\nI work with teams like {company} on {product}. "
+        "Would a short call next week be useful?"
+    )
+    follow = "Hi {first_name},\n\nFollowing up on my note about {product}. Any interest?"
+    return [
+        CadenceStep(id="intro", delay="0d", subject="{company} and {product}", body=body),
+        CadenceStep(id="follow-1", delay="3 business days", subject="Re: {product}", body=follow),
+        CadenceStep(id="follow-2", delay="4 business days", subject="Re: {product}", body=follow),
+        CadenceStep(id="follow-3", delay="5 business days", subject="Re: {product}", body=follow),
+        CadenceStep(id="follow-4", delay="5 business days", subject="Re: {product}", body=follow),
+    ]
+
+
+class CadenceConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    priority: int = 100
+    """Lower runs first; a lead is in at most one cadence."""
+    mailbox: str | None = None
+    product: str = "our product"
+    segment: Segment = Field(default_factory=Segment)
+    steps: list[CadenceStep] = Field(default_factory=_default_steps, min_length=1)
+    lost_after: str = "5 business days"
+    """After the last touch with no human reply, the lead is `lost`."""
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[CadenceStep]) -> list[CadenceStep]:
+        ids = [step.id for step in steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError("step ids must be unique")
+        return steps
+
+    @field_validator("lost_after")
+    @classmethod
+    def _lost_after(cls, value: str) -> str:
+        from leadloop.agent.sendtime import Delay
+
+        Delay.parse(value)
+        return value
+
+
+class SendingConfig(_Section):
+    """When touches may go out, in each lead's own time zone."""
+
+    days: str = "mon-fri"
+    hours: str = "09:00-17:00"
+    skip_holidays: bool = True
+    default_timezone: str = "UTC"
+    """For a lead with neither a time zone nor a known country."""
+    min_gap_business_days: int = Field(default=1, ge=0, le=30)
+    plan_batch: int = Field(default=500, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _window(self) -> SendingConfig:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from leadloop.agent.sendtime import SendWindow
+
+        SendWindow.parse(self.days, self.hours, self.skip_holidays)
+        try:
+            ZoneInfo(self.default_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.default_timezone!r}") from exc
+        return self
+
+
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -398,6 +532,8 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dkim: DkimConfig = Field(default_factory=DkimConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
+    sending: SendingConfig = Field(default_factory=SendingConfig)
+    cadences: list[CadenceConfig] = Field(default_factory=list)
 
     @field_validator("mailboxes")
     @classmethod

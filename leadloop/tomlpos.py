@@ -90,7 +90,9 @@ class _Scanner:
             line = self.line
             if self.peek(2) == "[[":
                 self.advance(2)
-                name = self.read_key()
+                # [[a.b]] after [[a]] appends to b in the last element of a.
+                key = self.read_key()
+                name = (*self._resolve_table(key[:-1]), key[-1])
                 self.skip_ws()
                 self.advance(2)  # ]]
                 index = self.aot_counts.get(name, 0)

@@ -293,3 +293,17 @@ def test_maildir_refuses_imap_keys(tmp_path: Path) -> None:
     text = MAILBOX + 'host = "imap.acme-corp.com"\n'
     [(path, _, message)] = problems(text, tmp_path)
     assert path == "mailboxes[0]" and "host is for imap mailboxes only" in message
+
+
+def test_cadence_template_errors_name_the_step_and_its_line(tmp_path: Path) -> None:
+    """A nested [[cadences.steps]] error points at its own line, and an
+    unknown merge field or delay is refused before anything is sent."""
+    text = (
+        '[[cadences]]\nname = "launch"\n\n'
+        '[[cadences.steps]]\nid = "intro"\nsubject = "Hi"\nbody = "Hello"\n\n'
+        '[[cadences.steps]]\nid = "f1"\ndelay = "3 fortnights"\n'
+        'subject = "{first_name.__class__}"\nbody = "x"\n'
+    )
+    found = {(path, line): message for path, line, message in problems(text, tmp_path)}
+    assert "unknown merge field" in found[("cadences[0].steps[1].subject", 12)]
+    assert "3 fortnights" in found[("cadences[0].steps[1].delay", 11)]

@@ -24,6 +24,7 @@ from typing import IO
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from leadloop import config as config_module
+from leadloop.agent.cadence import CadenceSettings, Planner
 from leadloop.agent.due import run_due
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
@@ -89,6 +90,10 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
         ca_file=loaded.input_path(box.ca_file) if box.ca_file else None,
     )
     return ImapInbox(box.name, settings, secret)
+
+
+def build_planner(loaded: LoadedConfig, db: Database, send: OutboxSettings) -> Planner:
+    return Planner(db, CadenceSettings.from_config(loaded), send)
 
 
 def build_sender(loaded: LoadedConfig, db: Database, clock: Clock, owner: str) -> Sender:
@@ -216,6 +221,7 @@ class Service:
         self.db: Database | None = None
         self.pipeline: Pipeline | None = None
         self.sender: Sender | None = None
+        self.planner: Planner | None = None
         self.scheduler: AsyncIOScheduler | None = None
 
     # -- start and stop ---------------------------------------------------
@@ -242,6 +248,7 @@ class Service:
             await self._sync_watchers()
             self.sender = build_sender(self.loaded, self.db, self.clock, self.owner)
             await self.sender.recover(all_claims=self.db.is_sqlite)
+            self.planner = build_planner(self.loaded, self.db, self.sender.settings)
         except BaseException:
             await self._close()
             raise
@@ -305,6 +312,7 @@ class Service:
             await self.poll(watcher)
         await run_due(self.db, self.clock.now(), owner=self.owner)
         await self.pipeline.run_pending()
+        await self.plan_touches()
         await self.send_due()
 
     def _start_watcher(self, watcher: Watcher) -> None:
@@ -377,7 +385,26 @@ class Service:
             return
         if ran:
             log.info("due tasks run=%d", ran)
+        await self.plan_touches()
         self.wake.set()
+
+    async def plan_touches(self) -> None:
+        """The cadence tick; a failure is logged and tried again next tick."""
+        if self.planner is None:
+            return
+        try:
+            result = await self.planner.tick(self.clock.now())
+        except Exception:
+            log.exception("cadence planning failed; will try at the next tick")
+            return
+        if result.enrolled or result.queued or result.stopped or result.lost:
+            log.info(
+                "cadence enrolled=%d queued=%d stopped=%d lost=%d",
+                result.enrolled,
+                result.queued,
+                result.stopped,
+                result.lost,
+            )
 
     async def poll(self, watcher: Watcher) -> None:
         """Fetch one mailbox.  One failing mailbox never stops the others: it
@@ -546,6 +573,7 @@ class Service:
         if self.sender is not None and self.db is not None:
             old = self.sender
             self.sender = build_sender(loaded, self.db, self.clock, self.owner)
+            self.planner = build_planner(loaded, self.db, self.sender.settings)
             await old.close()
         if self.scheduler is not None:
             self._schedule_jobs()

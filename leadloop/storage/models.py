@@ -240,6 +240,34 @@ class OutboundMessage(Base):
     finished_at: Mapped[datetime | None]
 
 
+class CadenceEnrollment(Base):
+    """A lead's place in its cadence: the next step by id and when it is due.
+
+    ``status``: ``active`` (``next_step_id`` due at ``next_at``), ``waiting``
+    (the touch of ``last_step_id`` is in the outbox: the next step is planned
+    from the time it actually went out), ``ending`` (the last touch went out;
+    ``next_at`` is when no reply makes the lead ``lost``), ``stopped``, ``done``.
+    """
+
+    __tablename__ = "cadence_enrollments"
+    __table_args__ = (Index("ix_cadence_enrollments_work", "status", "next_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), unique=True)
+    cadence: Mapped[str] = mapped_column(String(60))
+    status: Mapped[str] = mapped_column(String(20))
+    next_step_id: Mapped[str | None] = mapped_column(String(60))
+    last_step_id: Mapped[str | None] = mapped_column(String(60))
+    last_outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
+    last_touch_at: Mapped[datetime | None]
+    next_at: Mapped[datetime | None]
+    ooo_event_id: Mapped[int | None] = mapped_column(Integer)
+    """The last out-of-office event already applied."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class UsedToken(Base):
     """Single-use command tokens already spent (``mail/tokens.py``)."""
 

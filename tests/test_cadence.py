@@ -1,0 +1,199 @@
+"""Cadences end to end: the planner on an injected clock, the real outbox,
+aiosmtpd on loopback; weeks of hourly ticks in seconds."""
+
+from __future__ import annotations
+
+import email
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from outbox_env import OutboxEnv, outbox_env
+
+from leadloop.agent.lifecycle import State, transition
+from leadloop.clock import ManualClock
+from leadloop.daemon.service import build_planner
+from leadloop.storage import repo
+from leadloop.storage.models import CadenceEnrollment, Lead
+
+CADENCE = """
+[sending]
+days = "mon-fri"
+hours = "09:00-17:00"
+
+[[cadences]]
+name = "launch"
+product = "FleetTrack"
+lost_after = "5 business days"
+
+[[cadences.steps]]
+id = "intro"
+subject = "{company} and {product}"
+body = "Hi {first_name}, is fleet tracking at {company} still done by hand?"
+
+[[cadences.steps]]
+id = "f1"
+delay = "3 business days"
+subject = "Re: {product}"
+body = "Hi {first_name}, following up."
+
+[[cadences.steps]]
+id = "f2"
+delay = "4 business days"
+subject = "Re: {product}"
+body = "Hi {first_name}, one last note."
+"""
+# Friday before Easter 2026, after 17:00 in New York, Berlin and Tokyo alike.
+FRIDAY_EVENING = datetime(2026, 3, 27, 22, 0, tzinfo=UTC)
+
+
+def utc(day: str, hour: int) -> datetime:
+    return datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC)
+
+
+class Simulation:
+    def __init__(self, env: OutboxEnv) -> None:
+        self.env = env
+        self.planner = build_planner(env.loaded, env.db, env.settings)
+        self.sent: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+        self.seen = 0
+
+    async def run(
+        self, until: datetime, on_tick: Callable[[datetime], object] | None = None
+    ) -> None:
+        clock = self.env.clock
+        while clock.now() <= until:
+            await self.planner.tick(clock.now())
+            await self.planner.tick(clock.now())  # twice: idempotent
+            await self.env.drain()
+            for item in self.env.handler.received[self.seen :]:
+                subject = str(email.message_from_bytes(item.data)["Subject"])
+                self.sent[item.rcpt_tos[0]].append((clock.now(), subject))
+            self.seen = len(self.env.handler.received)
+            if on_tick is not None:
+                await on_tick(clock.now())  # type: ignore[misc]
+            clock.advance(timedelta(hours=1))
+
+
+async def lead(env: OutboxEnv, email_: str, **fields: object) -> Lead:
+    return await env.lead(email_, first_name="Kim", company="Northwind", **fields)
+
+
+async def test_touches_follow_each_leads_clock_holidays_replies_and_end_lost(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        tokyo = await lead(env, "kim@tokyo.test", country="JP")
+        berlin = await lead(env, "kim@berlin.test", country="DE")
+        newyork = await lead(env, "kim@ny.test", country="US", timezone="America/New_York")
+        sim = Simulation(env)
+
+        async def tokyo_replies(now: datetime) -> None:
+            if len(sim.sent["kim@tokyo.test"]) == 2 and now == utc("2026-04-02", 3):
+                async with env.db.transaction() as session:
+                    fresh = await session.get(Lead, tokyo.id)
+                    assert fresh is not None
+                    await transition(
+                        session, fresh, State.CONVERSING, actor="test", reason="reply", now=now
+                    )
+
+        await sim.run(utc("2026-04-20", 0), tokyo_replies)
+
+    times = {address: [t for t, _ in sends] for address, sends in sim.sent.items()}
+    # The first touch at 09:00 local on Monday: Tokyo (JST), Berlin (CEST), New York (EDT).
+    assert times["kim@tokyo.test"] == [utc("2026-03-30", 0), utc("2026-04-02", 0)]
+    assert times["kim@berlin.test"] == [
+        utc("2026-03-30", 7),
+        utc("2026-04-02", 7),
+        utc("2026-04-10", 7),  # 4 business days skipping Good Friday and Easter Monday
+    ]
+    assert times["kim@ny.test"] == [
+        utc("2026-03-30", 13),
+        utc("2026-04-02", 13),
+        utc("2026-04-08", 13),  # no federal holiday at Easter
+    ]
+    assert sim.sent["kim@berlin.test"][0][1] == "Northwind and FleetTrack"
+    assert await env_state(tmp_path, tokyo.id) == "conversing"
+    assert await env_state(tmp_path, berlin.id) == "lost"
+    assert await env_state(tmp_path, newyork.id) == "lost"
+
+
+async def env_state(tmp_path: Path, lead_id: int) -> str:
+    from leadloop.config import load
+    from leadloop.storage.db import open_database
+
+    loaded = load(tmp_path / "config.toml")
+    db = await open_database(loaded.database_url)
+    try:
+        async with db.sessions() as session:
+            found = await session.get(Lead, lead_id)
+            assert found is not None
+            return found.state
+    finally:
+        await db.dispose()
+
+
+async def test_out_of_office_moves_the_next_touch_to_the_return_date(tmp_path: Path) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        berlin = await lead(env, "kim@berlin.test", country="DE")
+        sim = Simulation(env)
+
+        async def away(now: datetime) -> None:
+            if now == utc("2026-03-31", 10):
+                async with env.db.transaction() as session:
+                    repo.add_event(
+                        session,
+                        "lead.out_of_office",
+                        actor="pipeline.screen",
+                        now=now,
+                        lead_id=berlin.id,
+                        data={"out_of_office": True, "return_date": "2026-04-14"},
+                    )
+
+        await sim.run(utc("2026-04-16", 0), away)
+        times = [t for t, _ in sim.sent["kim@berlin.test"]]
+        # Back on Tue 14 April: the next touch one business day later, 09:00 Berlin.
+        assert times == [utc("2026-03-30", 7), utc("2026-04-15", 7)]
+        assert await env.lead_state(berlin.id) == "engaging"  # no state change
+
+
+async def test_a_missing_merge_field_holds_the_step_and_tells_the_owner(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        nameless = await env.lead(
+            "info@berlin.test", country="DE", company="Northwind", owner="ann@acme.example"
+        )
+        sim = Simulation(env)
+        await sim.run(utc("2026-03-31", 12))
+        assert sim.sent == {}
+        [event] = await env.events("cadence.missing_field")
+        assert event.data["owner"] == "ann@acme.example"
+        assert event.data["fields"] == ["first_name"]
+        async with env.db.transaction() as session:
+            fresh = await session.get(Lead, nameless.id)
+            assert fresh is not None
+            fresh.first_name = "Jo"
+        await sim.run(utc("2026-04-01", 12))
+        assert len(sim.sent["info@berlin.test"]) == 1
+        assert len(await env.events("cadence.missing_field")) == 1
+
+
+async def test_a_bounce_stops_the_cadence_for_good(tmp_path: Path) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        env.handler.rcpt_replies["gone@berlin.test"] = "550 5.1.1 No such user"
+        gone = await lead(env, "gone@berlin.test", country="DE")
+        sim = Simulation(env)
+        await sim.run(utc("2026-04-10", 0))
+        assert env.handler.transactions == 1
+        assert await env.lead_state(gone.id) == "invalid"
+        async with env.db.sessions() as session:
+            enrollment = await session.get(CadenceEnrollment, 1)
+            assert enrollment is not None
+            assert enrollment.status == "stopped"
+            assert "not sent" in (enrollment.reason or "")
