@@ -394,6 +394,80 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from leadloop.agent.cadence import preview
+    from leadloop.clock import SystemClock
+    from leadloop.daemon.service import build_planner, build_sender
+    from leadloop.storage.models import CadenceEnrollment, Lead
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        async with _database(loaded) as db:
+            clock = SystemClock()
+            sender = build_sender(loaded, db, clock, "preview")
+            planner = build_planner(loaded, db, sender.settings)
+            now = clock.now()
+            async with db.sessions() as session:
+                if args.lead:
+                    lead = await session.scalar(select(Lead).where(Lead.email == args.lead.lower()))
+                    if lead is None:
+                        print(f"no lead {args.lead}", file=sys.stderr)
+                        return EXIT_FAILURE
+                    leads = [lead]
+                else:
+                    # A sample of five: the next due first, then leads not yet enrolled.
+                    leads = list(
+                        await session.scalars(
+                            select(Lead)
+                            .join(CadenceEnrollment, CadenceEnrollment.lead_id == Lead.id)
+                            .where(CadenceEnrollment.status == "active")
+                            .order_by(CadenceEnrollment.next_at)
+                            .limit(5)
+                        )
+                    )
+                    if len(leads) < 5:
+                        enrolled = select(CadenceEnrollment.lead_id)
+                        leads += list(
+                            await session.scalars(
+                                select(Lead)
+                                .where(Lead.id.not_in(enrolled))
+                                .order_by(Lead.id)
+                                .limit(5 - len(leads))
+                            )
+                        )
+                for lead in leads:
+                    shown = await preview(planner, session, lead, now)
+                    if args.json:
+                        print(json.dumps(shown.as_dict()))
+                    else:
+                        _print_preview(shown)
+            await sender.close()
+        return EXIT_OK
+
+    return _run_async(main())
+
+
+def _print_preview(shown: Any) -> None:
+    print(f"{shown.email}  [{shown.cadence or '-'}, {shown.state}, {shown.status}, {shown.zone}]")
+    if shown.next_step:
+        when = shown.next_at.isoformat() if shown.next_at else "when the last touch goes out"
+        print(f"  next: {shown.next_step} at {when}")
+        if shown.missing:
+            print(f"  waits: the lead has no {', '.join(shown.missing)}")
+        else:
+            print(f"  subject: {shown.subject}")
+            for line in (shown.body or "").splitlines():
+                print(f"  | {line}")
+        for step, at in shown.later:
+            print(f"  then: {step} at {at.isoformat()}")
+    if shown.note:
+        print(f"  note: {shown.note}")
+    print()
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from leadloop.daemon.replay import replay
 
@@ -486,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("resume", cmd_resume, "let a paused mailbox send again")
     p.add_argument("--mailbox", required=True, metavar="NAME")
+
+    p = add("preview", cmd_preview, "the next cadence touch for a lead (or five), unsent")
+    p.add_argument("--lead", metavar="EMAIL")
+    p.add_argument("--json", action="store_true", help="one JSON object per lead")
 
     p = add("replay", cmd_replay, "replay a folder of .eml files (JSON lines)")
     p.add_argument("directory")

@@ -7,10 +7,14 @@ import email
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 
-from outbox_env import OutboxEnv, outbox_env
+from outbox_env import OutboxEnv, outbox_env, write_config
+from sqlalchemy import select
 
+from leadloop.agent.cadence import preview
 from leadloop.agent.lifecycle import State, transition
 from leadloop.clock import ManualClock
 from leadloop.daemon.service import build_planner
@@ -197,3 +201,53 @@ async def test_a_bounce_stops_the_cadence_for_good(tmp_path: Path) -> None:
             assert enrollment is not None
             assert enrollment.status == "stopped"
             assert "not sent" in (enrollment.reason or "")
+
+
+async def test_preview_shows_what_the_next_ticks_then_send(tmp_path: Path) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        berlin = await lead(env, "kim@berlin.test", country="DE")
+        sim = Simulation(env)
+        async with env.db.sessions() as session:
+            before = await preview(sim.planner, session, berlin, clock.now())
+        assert before.status == "enrolled at the next tick"
+        await sim.planner.tick(clock.now())
+        async with env.db.sessions() as session:
+            shown = await preview(sim.planner, session, berlin, clock.now())
+        assert shown.next_step == "intro" and shown.zone == "Europe/Berlin"
+        assert shown.next_at == before.next_at == utc("2026-03-30", 7)
+        assert shown.later == [("f1", utc("2026-04-02", 7)), ("f2", utc("2026-04-10", 7))]
+        await sim.run(utc("2026-04-11", 0))
+        [first, *_] = env.handler.received
+    sent = sim.sent["kim@berlin.test"]
+    assert [t for t, _ in sent] == [shown.next_at, *(at for _, at in shown.later)]
+    assert sent[0][1] == shown.subject
+    message = email.message_from_bytes(first.data, policy=default_policy)
+    assert isinstance(message, EmailMessage)
+    assert shown.body is not None
+    assert shown.body in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+async def test_an_edit_replans_next_touches_and_keeps_each_lead_on_its_step(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        berlin = await lead(env, "kim@berlin.test", country="DE")
+        sim = Simulation(env)
+        await sim.run(utc("2026-03-30", 8))  # the intro has gone out
+        edited = CADENCE.replace('hours = "09:00-17:00"', 'hours = "13:00-17:00"').replace(
+            'delay = "3 business days"', 'delay = "1 business day"'
+        )
+        loaded = write_config(tmp_path, env.loaded.settings.smtp.port, edited)
+        planner = build_planner(loaded, env.db, env.settings)
+        assert await planner.replan(clock.now()) == 1
+        async with env.db.sessions() as session:
+            enrollment = await session.scalar(
+                select(CadenceEnrollment).where(CadenceEnrollment.lead_id == berlin.id)
+            )
+            assert enrollment is not None
+            assert enrollment.next_step_id == "f1"
+            # One business day after Monday's intro, in the new window (13:00 CEST).
+            assert enrollment.next_at == utc("2026-03-31", 11)
+        assert await planner.replan(clock.now()) == 0  # nothing left to change

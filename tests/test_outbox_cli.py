@@ -109,3 +109,36 @@ def test_operator_lists_shows_releases_and_resumes(
     assert cli.main(["outbox", "cancel", str(row_id), *args]) == 0
     row, _, _ = asyncio.run(fetch(config, row_id))
     assert row.status == "cancelled"
+
+
+def test_preview_prints_the_next_touch_for_a_lead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        CONFIG
+        + '\n[[cadences]]\nname = "launch"\n\n[[cadences.steps]]\nid = "intro"\n'
+        + 'subject = "Hello {first_name}"\nbody = "About {company}."\n'
+    )
+
+    async def add_lead() -> None:
+        db = await open_database(load(config).database_url)
+        async with db.transaction() as session:
+            await create_lead(
+                session,
+                Lead(email="kim@berlin.test", first_name="Kim", country="DE"),
+                actor="t",
+                reason="t",
+                now=T0,
+            )
+        await db.dispose()
+
+    asyncio.run(add_lead())
+    args = ["--config", str(config)]
+    assert cli.main(["preview", "--lead", "kim@berlin.test", "--json", *args]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["next_step"] == "intro" and shown["zone"] == "Europe/Berlin"
+    assert shown["missing_fields"] == ["company"]  # waits rather than send "About ."
+    assert cli.main(["preview", *args]) == 0
+    assert "waits: the lead has no company" in capsys.readouterr().out
+    assert cli.main(["preview", "--lead", "nobody@x.test", *args]) == 1

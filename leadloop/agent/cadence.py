@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -140,15 +141,26 @@ def _unescaped(template: str) -> str:
 
 def step_after(cadence: CadenceConfig, step_id: str | None) -> CadenceStep | None:
     """The step after *step_id* in the current order (the first when None).
-    A step removed from the config is found by nothing, so the lead moves
-    on to the first step it has not had; removed steps are never re-sent."""
-    if step_id is None:
-        return cadence.steps[0]
+
+    When *step_id* was removed from the config its place is unknown, so this
+    starts again from the first step: a step the lead already had is never
+    sent twice (its idempotency key finds the mail already sent, and the
+    planner moves straight on), so the lead walks to the first step it has
+    not had."""
     ids = [s.id for s in cadence.steps]
-    if step_id in ids:
-        index = ids.index(step_id) + 1
-        return cadence.steps[index] if index < len(ids) else None
-    return None
+    if step_id is None or step_id not in ids:
+        return cadence.steps[0]
+    index = ids.index(step_id) + 1
+    return cadence.steps[index] if index < len(ids) else None
+
+
+def next_step(cadence: CadenceConfig, enrollment: CadenceEnrollment) -> CadenceStep | None:
+    """The step an active enrollment is due for, by id; if that step was
+    removed from the config, the first one after the last touch."""
+    for step in cadence.steps:
+        if step.id == enrollment.next_step_id:
+            return step
+    return step_after(cadence, enrollment.last_step_id)
 
 
 def matches(cadence: CadenceConfig, lead: Lead, now: datetime) -> bool:
@@ -175,7 +187,7 @@ class Planner:
         self.settings = settings
         self.send = send
 
-    def _zone(self, lead: Lead) -> Any:
+    def zone_of(self, lead: Lead) -> ZoneInfo:
         return lead_zone(lead.timezone, lead.country, self.settings.default_zone)
 
     async def tick(self, now: datetime) -> TickResult:
@@ -189,6 +201,46 @@ class Planner:
         async with self.db.transaction() as session:
             await self._run_due(session, now, result)
         return result
+
+    async def replan(self, now: datetime) -> int:
+        """After a config edit: plan every active lead's next touch again from
+        its last touch with the current steps, delays and window.  Leads keep
+        their step by id.  Returns how many touch times changed."""
+        changed = 0
+        last_id = 0
+        while True:
+            async with self.db.transaction() as session:
+                rows = (
+                    await session.execute(
+                        select(CadenceEnrollment, Lead)
+                        .join(Lead, Lead.id == CadenceEnrollment.lead_id)
+                        .where(CadenceEnrollment.status == "active", CadenceEnrollment.id > last_id)
+                        .order_by(CadenceEnrollment.id)
+                        .limit(self.settings.batch)
+                    )
+                ).all()
+                if not rows:
+                    return changed
+                for enrollment, lead in rows:
+                    last_id = enrollment.id
+                    cadence = self.settings.cadence(enrollment.cadence)
+                    step = next_step(cadence, enrollment) if cadence else None
+                    if step is None:
+                        continue
+                    at = plan_touch(
+                        enrollment.last_touch_at,
+                        Delay.parse(step.delay),
+                        now,
+                        self.zone_of(lead),
+                        lead.country,
+                        self.settings.window,
+                        min_gap_business_days=self.settings.min_gap,
+                    )
+                    if at != enrollment.next_at:
+                        enrollment.next_step_id = step.id
+                        enrollment.next_at = at
+                        enrollment.updated_at = now
+                        changed += 1
 
     # -- 1. enroll ----------------------------------------------------------------
     async def _enroll(self, session: AsyncSession, now: datetime, result: TickResult) -> None:
@@ -211,7 +263,7 @@ class Planner:
                 None,
                 Delay.parse(first.delay),
                 now,
-                self._zone(lead),
+                self.zone_of(lead),
                 lead.country,
                 self.settings.window,
                 min_gap_business_days=self.settings.min_gap,
@@ -267,7 +319,7 @@ class Planner:
             enrollment.last_touch_at = row.sent_at
             cadence = self.settings.cadence(enrollment.cadence)
             following = step_after(cadence, enrollment.last_step_id) if cadence else None
-            zone = self._zone(lead)
+            zone = self.zone_of(lead)
             if cadence is None:
                 self._stop(session, enrollment, "its cadence was removed", now, result)
             elif following is not None:
@@ -339,7 +391,7 @@ class Planner:
         if event is None:
             return False
         enrollment.ooo_event_id = event.id
-        zone = self._zone(lead)
+        zone = self.zone_of(lead)
         back = (event.data or {}).get("return_date")
         if back:
             day = date.fromisoformat(back[:10])
@@ -376,12 +428,7 @@ class Planner:
         if cadence is None:
             self._stop(session, enrollment, "its cadence was removed", now, result)
             return
-        ids = [s.id for s in cadence.steps]
-        step = (
-            cadence.steps[ids.index(enrollment.next_step_id)]
-            if enrollment.next_step_id in ids
-            else step_after(cadence, enrollment.last_step_id)
-        )
+        step = next_step(cadence, enrollment)
         if step is None:
             enrollment.status = "ending"
             enrollment.next_at = now
@@ -473,3 +520,117 @@ class Planner:
             reasons=[reason],
         )
         result.stopped += 1
+
+
+# -- preview -----------------------------------------------------------------------
+
+
+@dataclass
+class Preview:
+    """What the planner would do next for one lead, without doing it."""
+
+    email: str
+    cadence: str | None
+    zone: str
+    state: str
+    status: str
+    next_step: str | None = None
+    next_at: datetime | None = None
+    subject: str | None = None
+    body: str | None = None
+    missing: list[str] = field(default_factory=list)
+    later: list[tuple[str, datetime]] = field(default_factory=list)
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "email": self.email,
+            "cadence": self.cadence,
+            "zone": self.zone,
+            "state": self.state,
+            "status": self.status,
+            "next_step": self.next_step,
+            "next_at": self.next_at.isoformat() if self.next_at else None,
+            "subject": self.subject,
+            "body": self.body,
+            "missing_fields": self.missing,
+            "later": [{"step": s, "at": at.isoformat()} for s, at in self.later],
+            "note": self.note,
+        }
+
+
+async def preview(planner: Planner, session: AsyncSession, lead: Lead, now: datetime) -> Preview:
+    """The next touch for *lead* as the planner will make it (template filled,
+    time in the lead's zone and window) and the times of the steps after it,
+    each assuming the one before goes out on time."""
+    settings = planner.settings
+    zone = planner.zone_of(lead)
+    enrollment = await session.scalar(
+        select(CadenceEnrollment).where(CadenceEnrollment.lead_id == lead.id)
+    )
+    result = Preview(lead.email, None, str(zone), lead.state, "not enrolled")
+    if enrollment is None:
+        cadence = next((c for c in settings.cadences if matches(c, lead, now)), None)
+        if cadence is None:
+            result.note = "no cadence's segment matches this lead"
+            return result
+        step: CadenceStep | None = cadence.steps[0]
+        at = plan_touch(
+            None,
+            Delay.parse(cadence.steps[0].delay),
+            now,
+            zone,
+            lead.country,
+            settings.window,
+            min_gap_business_days=settings.min_gap,
+        )
+        result.status = "enrolled at the next tick"
+    else:
+        result.status = enrollment.status
+        found = settings.cadence(enrollment.cadence)
+        if found is None or enrollment.status not in ("active", "waiting"):
+            result.cadence = enrollment.cadence
+            result.note = enrollment.reason or "no further touch is planned"
+            return result
+        cadence = found
+        if enrollment.status == "waiting":
+            step = step_after(cadence, enrollment.last_step_id)
+            at = None
+            result.note = (
+                f"touch {enrollment.last_step_id} is in the outbox; "
+                "the next is planned when it goes out"
+            )
+        else:
+            step = next_step(cadence, enrollment)
+            at = max(enrollment.next_at or now, now)
+    result.cadence = cadence.name
+    if step is None:
+        result.note = "the last step has gone out"
+        return result
+    result.next_step = step.id
+    result.next_at = at
+    box = planner.send.box(cadence.mailbox)
+    account = await session.get(Account, lead.account_id) if lead.account_id else None
+    fields = merge_fields(
+        lead, account, settings.sender_names.get(box.name, ""), box.address, cadence.product
+    )
+    try:
+        result.subject = render(step.subject, fields)
+        result.body = render(step.body, fields)
+    except MissingFields as exc:
+        result.missing = exc.names
+    previous = at
+    following = step_after(cadence, step.id)
+    while following is not None and previous is not None:
+        previous = plan_touch(
+            previous,
+            Delay.parse(following.delay),
+            previous,
+            zone,
+            lead.country,
+            settings.window,
+            min_gap_business_days=settings.min_gap,
+        )
+        result.later.append((following.id, previous))
+        following = step_after(cadence, following.id)
+    return result

@@ -575,6 +575,9 @@ class Service:
             self.sender = build_sender(loaded, self.db, self.clock, self.owner)
             self.planner = build_planner(loaded, self.db, self.sender.settings)
             await old.close()
+            moved = await self.planner.replan(self.clock.now())
+            if moved:
+                log.info("cadence: %d next touches planned again for the new configuration", moved)
         if self.scheduler is not None:
             self._schedule_jobs()
         log.info("configuration reloaded from %s", loaded.file)
