@@ -251,3 +251,20 @@ async def test_an_edit_replans_next_touches_and_keeps_each_lead_on_its_step(
             # One business day after Monday's intro, in the new window (13:00 CEST).
             assert enrollment.next_at == utc("2026-03-31", 11)
         assert await planner.replan(clock.now()) == 0  # nothing left to change
+
+
+async def test_segments_pick_their_leads_even_behind_many_others(tmp_path: Path) -> None:
+    segmented = CADENCE.replace(
+        'lost_after = "5 business days"',
+        'lost_after = "5 business days"\n\n[cadences.segment]\nsources = ["webinar"]',
+    ).replace('hours = "09:00-17:00"', 'hours = "09:00-17:00"\nplan_batch = 1')
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, segmented) as env:
+        for i in range(3):
+            await lead(env, f"cold{i}@berlin.test", country="DE", source="list")
+        wanted = await lead(env, "warm@berlin.test", country="DE", source="webinar")
+        result = await build_planner(env.loaded, env.db, env.settings).tick(clock.now())
+        assert result.enrolled == 1
+        async with env.db.sessions() as session:
+            [enrolled] = (await session.scalars(select(CadenceEnrollment.lead_id))).all()
+        assert enrolled == wanted.id

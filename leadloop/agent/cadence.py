@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
@@ -244,50 +244,69 @@ class Planner:
 
     # -- 1. enroll ----------------------------------------------------------------
     async def _enroll(self, session: AsyncSession, now: datetime, result: TickResult) -> None:
-        states = {s for c in self.settings.cadences for s in c.segment.states}
         enrolled = exists().where(CadenceEnrollment.lead_id == Lead.id)
-        leads = (
-            await session.scalars(
-                select(Lead)
-                .where(Lead.state.in_(states), ~enrolled)
-                .order_by(Lead.hand_raiser.desc(), Lead.id)
-                .limit(self.settings.batch)
-            )
-        ).all()
-        for lead in leads:
-            cadence = next((c for c in self.settings.cadences if matches(c, lead, now)), None)
-            if cadence is None:
-                continue
-            first = cadence.steps[0]
-            at = plan_touch(
-                None,
-                Delay.parse(first.delay),
-                now,
-                self.zone_of(lead),
-                lead.country,
-                self.settings.window,
-                min_gap_business_days=self.settings.min_gap,
-            )
-            session.add(
-                CadenceEnrollment(
-                    lead_id=lead.id,
-                    cadence=cadence.name,
-                    status="active",
-                    next_step_id=first.id,
-                    next_at=at,
-                    created_at=now,
-                    updated_at=now,
+        for cadence in self.settings.cadences:  # by priority: a lead joins the first
+            segment = cadence.segment
+            # The segment in SQL, so leads no cadence wants are never read
+            # again and again (custom fields are checked in Python).
+            query = select(Lead).where(Lead.state.in_(segment.states), ~enrolled)
+            if segment.sources:
+                query = query.where(Lead.source.in_(segment.sources))
+            if segment.ratings:
+                query = query.where(Lead.rating.in_(segment.ratings))
+            if segment.countries:
+                lowered = [c.lower() for c in segment.countries]
+                query = query.where(func.lower(Lead.country).in_(lowered))
+            if segment.created_within is not None:
+                query = query.where(Lead.created_at >= now - segment.created_within)
+            leads = (
+                await session.scalars(
+                    query.order_by(Lead.hand_raiser.desc(), Lead.id).limit(self.settings.batch)
                 )
-            )
-            repo.add_event(
-                session,
-                "cadence.enrolled",
-                actor=ACTOR,
-                now=now,
+            ).all()
+            for lead in leads:
+                if matches(cadence, lead, now):
+                    self._enroll_one(session, cadence, lead, now, result)
+            await session.flush()
+
+    def _enroll_one(
+        self,
+        session: AsyncSession,
+        cadence: CadenceConfig,
+        lead: Lead,
+        now: datetime,
+        result: TickResult,
+    ) -> None:
+        first = cadence.steps[0]
+        at = plan_touch(
+            None,
+            Delay.parse(first.delay),
+            now,
+            self.zone_of(lead),
+            lead.country,
+            self.settings.window,
+            min_gap_business_days=self.settings.min_gap,
+        )
+        session.add(
+            CadenceEnrollment(
                 lead_id=lead.id,
-                reasons=[f"matches cadence {cadence.name}; first touch at {at.isoformat()}"],
+                cadence=cadence.name,
+                status="active",
+                next_step_id=first.id,
+                next_at=at,
+                created_at=now,
+                updated_at=now,
             )
-            result.enrolled += 1
+        )
+        repo.add_event(
+            session,
+            "cadence.enrolled",
+            actor=ACTOR,
+            now=now,
+            lead_id=lead.id,
+            reasons=[f"matches cadence {cadence.name}; first touch at {at.isoformat()}"],
+        )
+        result.enrolled += 1
 
     # -- 2. touches that went out ------------------------------------------------
     async def _advance_waiting(
@@ -298,7 +317,12 @@ class Planner:
                 select(CadenceEnrollment, OutboundMessage, Lead)
                 .join(OutboundMessage, OutboundMessage.id == CadenceEnrollment.last_outbound_id)
                 .join(Lead, Lead.id == CadenceEnrollment.lead_id)
-                .where(CadenceEnrollment.status == "waiting")
+                .where(
+                    CadenceEnrollment.status == "waiting",
+                    # Only touches with a final outcome: mail still queued (a
+                    # cap, a retry) is not read again on every tick.
+                    OutboundMessage.status.in_([outbox.Status.SENT, *NOT_SENT]),
+                )
                 .limit(self.settings.batch)
             )
         ).all()
