@@ -52,6 +52,7 @@ log = logging.getLogger("leadloop.agent.cadence")
 ACTOR = "cadence"
 OOO_DEFAULT = timedelta(days=7)  # an out-of-office reply without a return date
 MISSING_FIELD_WAIT = timedelta(days=1)
+DUE_CHUNK = 100  # due touches per transaction
 NOT_SENT = frozenset(
     {
         outbox.Status.SKIPPED,
@@ -198,8 +199,16 @@ class Planner:
             await self._enroll(session, now, result)
         async with self.db.transaction() as session:
             await self._advance_waiting(session, now, result)
-        async with self.db.transaction() as session:
-            await self._run_due(session, now, result)
+        # Due touches in short transactions: on SQLite a writer holds the one
+        # write lock until it commits, and ingest and the sender need it too.
+        left = self.settings.batch
+        while left > 0:
+            chunk = min(DUE_CHUNK, left)
+            async with self.db.transaction() as session:
+                read = await self._run_due(session, now, result, chunk)
+            left -= read
+            if read < chunk:
+                break
         return result
 
     async def replan(self, now: datetime) -> int:
@@ -371,7 +380,9 @@ class Planner:
             enrollment.updated_at = now
 
     # -- 3. due work -----------------------------------------------------------
-    async def _run_due(self, session: AsyncSession, now: datetime, result: TickResult) -> None:
+    async def _run_due(
+        self, session: AsyncSession, now: datetime, result: TickResult, limit: int
+    ) -> int:
         rows = (
             await session.execute(
                 select(CadenceEnrollment, Lead)
@@ -381,7 +392,7 @@ class Planner:
                     CadenceEnrollment.next_at <= now,
                 )
                 .order_by(CadenceEnrollment.next_at, CadenceEnrollment.id)
-                .limit(self.settings.batch)
+                .limit(limit)
             )
         ).all()
         for enrollment, lead in rows:
@@ -397,6 +408,7 @@ class Planner:
                 await self._lose(session, enrollment, lead, now, result)
                 continue
             await self._touch(session, enrollment, lead, now, result)
+        return len(rows)
 
     async def _out_of_office(
         self, session: AsyncSession, enrollment: CadenceEnrollment, lead: Lead, now: datetime
