@@ -395,35 +395,67 @@ class Planner:
                 .limit(limit)
             )
         ).all()
-        for enrollment, lead in rows:
-            if lead.state not in (State.NEW, State.ENGAGING):
-                why = (
-                    "a human replied" if lead.state == State.CONVERSING else f"lead is {lead.state}"
-                )
-                self._stop(session, enrollment, why, now, result)
-                continue
-            if await self._out_of_office(session, enrollment, lead, now):
-                continue
-            if enrollment.status == "ending":
-                await self._lose(session, enrollment, lead, now, result)
-                continue
-            await self._touch(session, enrollment, lead, now, result)
+        away = await self._out_of_office_events(session, [lead.id for _, lead in rows])
+        with session.no_autoflush:
+            for enrollment, lead in rows:
+                await self._due_one(session, enrollment, lead, away.get(lead.id), now, result)
         return len(rows)
 
+    async def _out_of_office_events(
+        self, session: AsyncSession, lead_ids: list[int]
+    ) -> dict[int, list[Event]]:
+        """Out-of-office replies of these leads, newest first, in one query."""
+        found: dict[int, list[Event]] = {}
+        if lead_ids:
+            events = await session.scalars(
+                select(Event)
+                .where(Event.lead_id.in_(lead_ids), Event.kind == "lead.out_of_office")
+                .order_by(Event.id.desc())
+            )
+            for event in events:
+                if event.lead_id is not None:
+                    found.setdefault(event.lead_id, []).append(event)
+        return found
+
+    async def _due_one(
+        self,
+        session: AsyncSession,
+        enrollment: CadenceEnrollment,
+        lead: Lead,
+        away: list[Event] | None,
+        now: datetime,
+        result: TickResult,
+    ) -> None:
+        if lead.state not in (State.NEW, State.ENGAGING):
+            why = "a human replied" if lead.state == State.CONVERSING else f"lead is {lead.state}"
+            self._stop(session, enrollment, why, now, result)
+        elif await self._out_of_office(session, enrollment, lead, away or [], now):
+            return
+        elif enrollment.status == "ending":
+            await self._lose(session, enrollment, lead, now, result)
+        else:
+            await self._touch(session, enrollment, lead, now, result)
+
     async def _out_of_office(
-        self, session: AsyncSession, enrollment: CadenceEnrollment, lead: Lead, now: datetime
+        self,
+        session: AsyncSession,
+        enrollment: CadenceEnrollment,
+        lead: Lead,
+        away: list[Event],
+        now: datetime,
     ) -> bool:
         """An out-of-office reply since the last touch moves the next one to
         the return date + 1 business day (7 days without a date).  It changes
         no state.  Returns whether the touch was moved."""
-        query = select(Event).where(
-            Event.lead_id == lead.id,
-            Event.kind == "lead.out_of_office",
-            Event.id > (enrollment.ooo_event_id or 0),
+        event = next(
+            (
+                e
+                for e in away  # newest first
+                if e.id > (enrollment.ooo_event_id or 0)
+                and (enrollment.last_touch_at is None or e.at >= enrollment.last_touch_at)
+            ),
+            None,
         )
-        if enrollment.last_touch_at is not None:
-            query = query.where(Event.at >= enrollment.last_touch_at)
-        event = await session.scalar(query.order_by(Event.id.desc()).limit(1))
         if event is None:
             return False
         enrollment.ooo_event_id = event.id
@@ -509,6 +541,7 @@ class Planner:
             mailbox=box.name,
             lead=lead,
             actor=ACTOR,
+            render=False,  # made by the sender at its first claim, outside this tick
         )
         enrollment.status = "waiting"
         enrollment.last_step_id = step.id

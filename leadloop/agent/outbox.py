@@ -300,8 +300,13 @@ async def queue(
     attachments: Sequence[compose.Attachment] = (),
     not_before: datetime | None = None,
     actor: str = ACTOR,
+    render: bool = True,
 ) -> OutboundMessage:
     """Put one mail in the outbox, in the caller's transaction.
+
+    With *render* the final bytes are made now, with the decision; bulk
+    callers (the cadence planner) pass False and the sender makes them when
+    it first claims the row.  Either way they never change once made.
 
     The same *idempotency_key* twice returns the first row: a decision
     replayed after a crash never queues a second mail.
@@ -353,9 +358,9 @@ async def queue(
     )
     session.add(row)
     await session.flush()
-    # The final bytes are made with the decision, so sending is only sending.
-    row.raw = build(settings, row, now)
-    row.envelope_from = envelope_sender(settings, row)
+    if render:
+        row.raw = build(settings, row, now)
+        row.envelope_from = envelope_sender(settings, row)
     _event(
         session, row, "outbound.queued", [f"{kind} to {', '.join(row.to_addrs)}"], now, actor=actor
     )
