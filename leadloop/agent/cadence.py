@@ -396,9 +396,26 @@ class Planner:
             )
         ).all()
         away = await self._out_of_office_events(session, [lead.id for _, lead in rows])
+        touches: list[tuple[CadenceEnrollment, str, outbox.Draft]] = []
         with session.no_autoflush:
             for enrollment, lead in rows:
-                await self._due_one(session, enrollment, lead, away.get(lead.id), now, result)
+                await self._due_one(
+                    session, enrollment, lead, away.get(lead.id), now, result, touches
+                )
+        if not touches:
+            return len(rows)
+        # The chunk's touches in one go; the sender makes their bytes.
+        queued = await outbox.queue_many(
+            session, self.send, [d for _, _, d in touches], now=now, actor=ACTOR, render=False
+        )
+        for (enrollment, step_id, _), row in zip(touches, queued, strict=True):
+            enrollment.status = "waiting"
+            enrollment.last_step_id = step_id
+            enrollment.next_step_id = None
+            enrollment.last_outbound_id = row.id
+            enrollment.reason = None
+            enrollment.updated_at = now
+        result.queued += len(queued)
         return len(rows)
 
     async def _out_of_office_events(
@@ -425,6 +442,7 @@ class Planner:
         away: list[Event] | None,
         now: datetime,
         result: TickResult,
+        touches: list[tuple[CadenceEnrollment, str, outbox.Draft]],
     ) -> None:
         if lead.state not in (State.NEW, State.ENGAGING):
             why = "a human replied" if lead.state == State.CONVERSING else f"lead is {lead.state}"
@@ -433,8 +451,10 @@ class Planner:
             return
         elif enrollment.status == "ending":
             await self._lose(session, enrollment, lead, now, result)
+        elif self.settings.cadence(enrollment.cadence) is None:
+            self._stop(session, enrollment, "its cadence was removed", now, result)
         else:
-            await self._touch(session, enrollment, lead, now, result)
+            await self._touch(session, enrollment, lead, now, touches)
 
     async def _out_of_office(
         self,
@@ -490,12 +510,10 @@ class Planner:
         enrollment: CadenceEnrollment,
         lead: Lead,
         now: datetime,
-        result: TickResult,
+        touches: list[tuple[CadenceEnrollment, str, outbox.Draft]],
     ) -> None:
         cadence = self.settings.cadence(enrollment.cadence)
-        if cadence is None:
-            self._stop(session, enrollment, "its cadence was removed", now, result)
-            return
+        assert cadence is not None  # _due_one stops leads of a removed cadence
         step = next_step(cadence, enrollment)
         if step is None:
             enrollment.status = "ending"
@@ -529,27 +547,16 @@ class Planner:
                     data={"owner": lead.owner, "fields": exc.names, "step": step.id},
                 )
             return
-        row = await outbox.queue(
-            session,
-            self.send,
+        draft = outbox.Draft(
             kind=outbox.Kind.TOUCH,
             to=[lead.email],
             subject=subject,
             text=body,
-            now=now,
             idempotency_key=f"cadence:{lead.id}:{step.id}",
             mailbox=box.name,
             lead=lead,
-            actor=ACTOR,
-            render=False,  # made by the sender at its first claim, outside this tick
         )
-        enrollment.status = "waiting"
-        enrollment.last_step_id = step.id
-        enrollment.next_step_id = None
-        enrollment.last_outbound_id = row.id
-        enrollment.reason = None
-        enrollment.updated_at = now
-        result.queued += 1
+        touches.append((enrollment, step.id, draft))
 
     async def _lose(
         self,

@@ -281,6 +281,25 @@ def _event(
 # -- queueing -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Draft:
+    """One mail to queue (:func:`queue_many`)."""
+
+    kind: Kind | str
+    to: Sequence[str]
+    subject: str
+    text: str
+    idempotency_key: str
+    mailbox: str | None = None
+    lead: Lead | None = None
+    thread_id: int | None = None
+    in_reply_to: str | None = None
+    references: Sequence[str] = ()
+    cc: Sequence[str] = ()
+    attachments: Sequence[compose.Attachment] = ()
+    not_before: datetime | None = None
+
+
 async def queue(
     session: AsyncSession,
     settings: OutboxSettings,
@@ -302,69 +321,112 @@ async def queue(
     actor: str = ACTOR,
     render: bool = True,
 ) -> OutboundMessage:
-    """Put one mail in the outbox, in the caller's transaction.
-
-    With *render* the final bytes are made now, with the decision; bulk
-    callers (the cadence planner) pass False and the sender makes them when
-    it first claims the row.  Either way they never change once made.
-
-    The same *idempotency_key* twice returns the first row: a decision
-    replayed after a crash never queues a second mail.
-    """
-    kind = Kind(kind)
-    existing = await session.scalar(
-        select(OutboundMessage).where(OutboundMessage.idempotency_key == idempotency_key)
+    """Put one mail in the outbox, in the caller's transaction (see :func:`queue_many`)."""
+    draft = Draft(
+        kind=kind,
+        to=to,
+        subject=subject,
+        text=text,
+        idempotency_key=idempotency_key,
+        mailbox=mailbox,
+        lead=lead,
+        thread_id=thread_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        cc=cc,
+        attachments=attachments,
+        not_before=not_before,
     )
-    if existing is not None:
-        return existing
-    recipients = [safe_address(a) for a in to]
-    copies = [safe_address(a) for a in cc]
+    [row] = await queue_many(session, settings, [draft], now=now, actor=actor, render=render)
+    return row
+
+
+async def queue_many(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    drafts: Sequence[Draft],
+    *,
+    now: datetime,
+    actor: str = ACTOR,
+    render: bool = True,
+) -> list[OutboundMessage]:
+    """Put mails in the outbox, in the caller's transaction, in a few
+    statements whatever their number.
+
+    The same idempotency key twice returns the first row: a decision
+    replayed after a crash never queues a second mail.  With *render* the
+    final bytes are made now, with the decision; bulk callers (the cadence
+    planner) pass False and the sender makes them when it first claims the
+    row.  Either way they never change once made.
+    """
+    keys = [d.idempotency_key for d in drafts]
+    rows = {
+        row.idempotency_key: row
+        for row in await session.scalars(
+            select(OutboundMessage).where(OutboundMessage.idempotency_key.in_(keys))
+        )
+    }
+    box_ids = {name: id_ for id_, name in await session.execute(select(Mailbox.id, Mailbox.name))}
+    made: list[OutboundMessage] = []
+    for draft in drafts:
+        if draft.idempotency_key not in rows:
+            row = _new_row(settings, draft, box_ids, now)
+            session.add(row)
+            rows[draft.idempotency_key] = row
+            made.append(row)
+    if made:
+        await session.flush()
+    for row in made:
+        if render:
+            row.raw = build(settings, row, now)
+            row.envelope_from = envelope_sender(settings, row)
+        reason = f"{row.kind} to {', '.join(row.to_addrs)}"
+        _event(session, row, "outbound.queued", [reason], now, actor=actor)
+    return [rows[key] for key in keys]
+
+
+def _new_row(
+    settings: OutboxSettings, draft: Draft, box_ids: dict[str, int], now: datetime
+) -> OutboundMessage:
+    kind = Kind(draft.kind)
+    recipients = [safe_address(a) for a in draft.to]
+    copies = [safe_address(a) for a in draft.cc]
     if not recipients:
         raise ValueError("a mail needs a recipient")
-    if kind in LEAD_KINDS and lead is None:
+    if kind in LEAD_KINDS and draft.lead is None:
         raise ValueError(f"{kind} mail needs its lead")
-    box = settings.box(mailbox)
-    box_row = await session.scalar(select(Mailbox).where(Mailbox.name == box.name))
-    row = OutboundMessage(
-        mailbox_id=box_row.id if box_row else None,
-        lead_id=lead.id if lead else None,
-        thread_id=thread_id,
+    box = settings.box(draft.mailbox)
+    return OutboundMessage(
+        mailbox_id=box_ids.get(box.name),
+        lead_id=draft.lead.id if draft.lead else None,
+        thread_id=draft.thread_id,
         message_id=compose.new_message_id(settings.domain),
-        in_reply_to=in_reply_to,
-        references=list(references),
-        idempotency_key=idempotency_key,
+        in_reply_to=draft.in_reply_to,
+        references=list(draft.references),
+        idempotency_key=draft.idempotency_key,
         kind=kind.value,
         to_addrs=recipients + copies,
-        subject=safe_header_value(subject),
+        subject=safe_header_value(draft.subject),
         status=Status.QUEUED,
         attempts=0,
-        not_before=not_before or now,
+        not_before=draft.not_before or now,
         created_at=now,
         recipient_domain=recipients[0].rsplit("@", 1)[1],
         payload={
             "mailbox": box.name,
             "to": recipients,
             "cc": copies,
-            "text": text,
+            "text": draft.text,
             "attachments": [
                 {
                     "filename": a.filename,
                     "content_type": a.content_type,
                     "data": base64.b64encode(a.data).decode("ascii"),
                 }
-                for a in attachments
+                for a in draft.attachments
             ],
         },
     )
-    session.add(row)
-    await session.flush()
-    if render:
-        row.raw = build(settings, row, now)
-        row.envelope_from = envelope_sender(settings, row)
-    _event(
-        session, row, "outbound.queued", [f"{kind} to {', '.join(row.to_addrs)}"], now, actor=actor
-    )
-    return row
 
 
 async def queue_reply(
