@@ -96,7 +96,6 @@ class TickResult:
     stopped: int = 0
     lost: int = 0
     waiting: int = 0
-    details: list[str] = field(default_factory=list)
 
 
 class MissingFields(Exception):
