@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest import scratch_postgres
+from outbound import SENDER_CONFIG
 from sqlalchemy import func, insert, select
 
 from leadloop.agent import outbox
@@ -99,24 +100,9 @@ COMPANIES = (
 )  # fmt: skip
 COUNTRIES = ("US", "DE", "GB", "FR", "JP", None)
 
-CONFIG = """
-[service]
-state_dir = "var"
-
-[identity]
-postal_address = "Acme Corp, 1 Harbour Road, Springfield"
-ai_disclosure = "This email was written with the help of an AI assistant."
-
-[tracking]
-public_url = "https://links.acme.example"
-
-[[mailboxes]]
-name = "sales"
-address = "sales@acme.example"
-display_name = "Acme Sales"
-signature = "Ann Example, Acme"
-path = "mail"
-
+CONFIG = (
+    SENDER_CONFIG
+    + """
 [smtp]
 host = "127.0.0.1"
 port = 9
@@ -153,6 +139,7 @@ delay = "4 business days"
 subject = "Re: {{product}}"
 body = "Hi {{first_name}}, one last note, then I will leave {{company}} in peace."
 """
+)
 
 
 @dataclass

@@ -106,7 +106,8 @@ like with data from a fleet of your size: https://acme.example/demo
 Thanks,
 """
 
-CONFIG = """
+# The sending mailbox and identity; bench/cadence.py uses it too.
+SENDER_CONFIG = """
 [service]
 state_dir = "var"
 
@@ -123,7 +124,10 @@ address = "sales@acme.example"
 display_name = "Acme Sales"
 signature = "Ann Example, Acme"
 path = "mail"
-
+"""
+CONFIG = (
+    SENDER_CONFIG
+    + """
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -135,6 +139,7 @@ mailbox_per_day = 0
 domain_per_hour = 0
 per_lead_day = 0
 """
+)
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
