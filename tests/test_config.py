@@ -307,3 +307,18 @@ def test_cadence_template_errors_name_the_step_and_its_line(tmp_path: Path) -> N
     found = {(path, line): message for path, line, message in problems(text, tmp_path)}
     assert "unknown merge field" in found[("cadences[0].steps[1].subject", 12)]
     assert "3 fortnights" in found[("cadences[0].steps[1].delay", 11)]
+
+
+def test_smtp_and_tracking_mistakes_are_named(tmp_path: Path) -> None:
+    """A password without a user, a clear-text login off loopback, an http
+    one-click URL and a DKIM selector without a key are refused."""
+    text = (
+        '[smtp]\nhost = "smtp.acme-corp.com"\nusername = "sales"\n'
+        'password_env = "HOME"\nsecurity = "none"\n\n'
+        '[tracking]\npublic_url = "http://links.acme-corp.com"\n\n'
+        '[dkim]\nselector = "ll2026"\n'
+    )
+    found = {path: message for path, _, message in problems(text, tmp_path)}
+    assert "clear text" in found["smtp"]
+    assert "https" in found["tracking.public_url"]
+    assert "private_key_file" in found["dkim"]
