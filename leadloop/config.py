@@ -123,6 +123,9 @@ class ServiceConfig(_Section):
     state_dir: Path = Path("./var")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stop_timeout: Duration = timedelta(seconds=30)
+    watch_config: bool = False
+    """Reload when config.toml changes on disk (as well as on SIGHUP)."""
+    watch_interval: Duration = timedelta(seconds=2)
 
 
 class DatabaseConfig(SecretSource):
@@ -404,14 +407,20 @@ MERGE_FIELDS = frozenset(
 MERGE_FIELD_PATTERN = re.compile(r"\{([^{}]*)\}")
 
 
-def _check_template(value: str) -> str:
+def _check_template(value: str, extra: frozenset[str] = frozenset()) -> str:
     # Only plain {name} fields from MERGE_FIELDS: no attribute access,
     # indexing or format specs, so a template can never reach into objects.
+    known = MERGE_FIELDS | extra
     for name in MERGE_FIELD_PATTERN.findall(value.replace("{{", "").replace("}}", "")):
-        if name not in MERGE_FIELDS:
-            raise ValueError(
-                f"unknown merge field {{{name}}} (known: {', '.join(sorted(MERGE_FIELDS))})"
-            )
+        if name not in known:
+            raise ValueError(f"unknown merge field {{{name}}} (known: {', '.join(sorted(known))})")
+    return value
+
+
+def _check_delay(value: str) -> str:
+    from leadloop.agent.sendtime import Delay
+
+    Delay.parse(value)
     return value
 
 
@@ -428,10 +437,7 @@ class CadenceStep(_Section):
     @field_validator("delay")
     @classmethod
     def _delay(cls, value: str) -> str:
-        from leadloop.agent.sendtime import Delay
-
-        Delay.parse(value)
-        return value
+        return _check_delay(value)
 
     @field_validator("subject", "body")
     @classmethod
@@ -442,7 +448,8 @@ class CadenceStep(_Section):
 class Segment(_Section):
     """Which leads a cadence works; every given condition must hold."""
 
-    states: list[Literal["new", "engaging"]] = Field(default_factory=lambda: ["new"])  # type: ignore[arg-type]
+    states: list[Literal["new", "engaging", "nurture"]] = Field(default_factory=lambda: ["new"])  # type: ignore[arg-type]
+    """``nurture`` leads join only once their re-engagement date is due."""
     sources: list[str] = Field(default_factory=list)
     ratings: list[str] = Field(default_factory=list)
     countries: list[str] = Field(default_factory=list)
@@ -475,6 +482,15 @@ class CadenceConfig(_Section):
     steps: list[CadenceStep] = Field(default_factory=_default_steps, min_length=1)
     lost_after: str = "5 business days"
     """After the last touch with no human reply, the lead is `lost`."""
+    on_click: Literal["nothing", "pause", "stop"] = "nothing"
+    """What a tracked click on a link in a touch does to this cadence."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value == "conversation":
+            raise ValueError('"conversation" is the quiet-conversation plan ([conversation])')
+        return value
 
     @field_validator("steps")
     @classmethod
@@ -487,9 +503,98 @@ class CadenceConfig(_Section):
     @field_validator("lost_after")
     @classmethod
     def _lost_after(cls, value: str) -> str:
-        from leadloop.agent.sendtime import Delay
+        return _check_delay(value)
 
-        Delay.parse(value)
+
+class FollowUpStep(_Section):
+    """A nudge in a quiet conversation: sent in the thread ("Re: ...")."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    delay: str
+    """After our answer (the first nudge) or the previous nudge went out."""
+    body: str
+    instructions: str = ""
+
+    @field_validator("delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        return _check_delay(value)
+
+    @field_validator("body")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return _check_template(value)
+
+
+def _default_follow_ups() -> list[FollowUpStep]:
+    return [
+        FollowUpStep(
+            id="nudge-1",
+            delay="3 business days",
+            body="Hi {first_name},\n\ndid my last answer help? Happy to go into more detail.",
+        ),
+        FollowUpStep(
+            id="nudge-2",
+            delay="4 business days",
+            body="Hi {first_name},\n\nchecking in once more: is there anything else "
+            "you would like to know about {product}?",
+        ),
+    ]
+
+
+class ConversationConfig(_Section):
+    """Keeping a conversation alive when the buyer goes quiet after our answer."""
+
+    name: Literal["conversation"] = "conversation"
+    mailbox: str | None = None
+    product: str = "our product"
+    steps: list[FollowUpStep] = Field(default_factory=_default_follow_ups)
+    """Nudges; the defaults go out 3 and 7 business days after our answer."""
+    close_after: str = "3 business days"
+    """After the last nudge with no reply, the conversation closes through the
+    hand-off rules (``handed_back`` to the owner)."""
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[FollowUpStep]) -> list[FollowUpStep]:
+        ids = [step.id for step in steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError("step ids must be unique")
+        return steps
+
+    @field_validator("close_after")
+    @classmethod
+    def _close_after(cls, value: str) -> str:
+        return _check_delay(value)
+
+
+class CheckoutConfig(_Section):
+    """One reminder after a click on a purchase link that did not convert."""
+
+    enabled: bool = True
+    after: str = "2d"
+    subject: str = "Your {product} order"
+    body: str = (
+        "Hi {first_name},\n\nyou were looking at {product} a little while ago. "
+        "If anything stopped you, just reply; the link is still here: {link}"
+    )
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str) -> str:
+        return _check_delay(value)
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        return _check_template(value)
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: str) -> str:
+        _check_template(value, frozenset({"link"}))
+        if "{link}" not in value:
+            raise ValueError("the checkout reminder must carry the same link: add {link}")
         return value
 
 
@@ -534,6 +639,8 @@ class Config(_Section):
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     sending: SendingConfig = Field(default_factory=SendingConfig)
     cadences: list[CadenceConfig] = Field(default_factory=list)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+    checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
 
     @field_validator("mailboxes")
     @classmethod
@@ -544,6 +651,18 @@ class Config(_Section):
                 raise ValueError(f"two mailboxes are named {box.name!r}")
             seen.add(box.name)
         return mailboxes
+
+    @model_validator(mode="after")
+    def _known_mailboxes(self) -> Config:
+        names = {box.name for box in self.mailboxes}
+        plans: list[CadenceConfig | ConversationConfig] = [*self.cadences, self.conversation]
+        for plan in plans:
+            if plan.mailbox is not None and plan.mailbox not in names:
+                raise ValueError(
+                    f"{plan.name}: mailbox {plan.mailbox!r} is not configured "
+                    f"(mailboxes: {', '.join(sorted(names)) or 'none'})"
+                )
+        return self
 
 
 @dataclass(frozen=True)

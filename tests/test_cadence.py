@@ -14,7 +14,8 @@ from pathlib import Path
 from outbox_env import OutboxEnv, outbox_env, write_config
 from sqlalchemy import select
 
-from leadloop.agent.cadence import preview
+from leadloop.agent.cadence import nurture, preview, record_click, record_conversion
+from leadloop.agent.due import run_due
 from leadloop.agent.lifecycle import State, transition
 from leadloop.clock import ManualClock
 from leadloop.daemon.service import build_planner
@@ -268,3 +269,156 @@ async def test_segments_pick_their_leads_even_behind_many_others(tmp_path: Path)
         async with env.db.sessions() as session:
             [enrolled] = (await session.scalars(select(CadenceEnrollment.lead_id))).all()
         assert enrolled == wanted.id
+
+
+REENGAGE = """
+[[cadences]]
+name = "reengage"
+priority = 200
+product = "FleetTrack"
+
+[cadences.segment]
+states = ["nurture"]
+
+[[cadences.steps]]
+id = "back"
+subject = "Back to {product}"
+body = "Hi {first_name}, you asked me to come back to you about this."
+"""
+
+
+async def test_a_timing_commitment_nurtures_then_a_nurture_cadence_re_engages(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE + REENGAGE) as env:
+        berlin = await lead(env, "kim@berlin.test", country="DE")
+        sim = Simulation(env)
+        await sim.run(utc("2026-03-31", 12))  # the intro went out Monday
+        async with env.db.transaction() as session:
+            fresh = await session.get(Lead, berlin.id)
+            assert fresh is not None
+            await nurture(
+                session,
+                fresh,
+                utc("2026-04-20", 0),
+                actor="test",
+                reason='"ask me again after Easter"',
+                now=clock.now(),
+            )
+        await sim.run(utc("2026-04-22", 0))
+        subjects = [(t, s) for t, s in sim.sent["kim@berlin.test"]]
+        # Nothing while nurtured; on the date the nurture cadence's first touch.
+        assert subjects == [
+            (utc("2026-03-30", 7), "Northwind and FleetTrack"),
+            (utc("2026-04-20", 7), "Back to FleetTrack"),
+        ]
+        assert await env.lead_state(berlin.id) == "engaging"
+        async with env.db.sessions() as session:
+            row = await session.scalar(
+                select(CadenceEnrollment).where(CadenceEnrollment.lead_id == berlin.id)
+            )
+            assert row is not None and row.cadence == "reengage"
+
+
+async def test_clicks_stop_or_pause_as_configured_and_checkout_reminds_once(
+    tmp_path: Path,
+) -> None:
+    config = CADENCE.replace(
+        'lost_after = "5 business days"', 'lost_after = "5 business days"\non_click = "stop"'
+    )
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, config) as env:
+        buyer = await lead(env, "buyer@berlin.test", country="DE")
+        browser = await lead(env, "browser@berlin.test", country="DE")
+        sim = Simulation(env)
+        await sim.run(utc("2026-03-30", 12))
+        link = "https://shop.acme.example/checkout?plan=team"
+        async with env.db.transaction() as session:
+            for who, purchase in ((buyer, True), (browser, False)):
+                fresh = await session.get(Lead, who.id)
+                assert fresh is not None
+                done = await record_click(
+                    session, sim.planner.settings, fresh, link, purchase=purchase, now=clock.now()
+                )
+                assert "cadence launch stopped" in done
+                assert ("checkout reminder" in done) is purchase
+
+        async def due(now: datetime) -> None:
+            await run_due(env.db, now, owner="t", context=sim.planner)
+
+        await sim.run(utc("2026-04-10", 0), due)
+        # The stopped cadence sent nothing more; the buyer got one reminder
+        # with the same link two days after the click (13:00 UTC, queued by
+        # the due task then, sent at the next hour's drain), the browser none.
+        sent = {a: [(t, s) for t, s in v] for a, v in sim.sent.items()}
+        assert sent["browser@berlin.test"] == [(utc("2026-03-30", 7), "Northwind and FleetTrack")]
+        assert [t for t, _ in sent["buyer@berlin.test"]] == [
+            utc("2026-03-30", 7),
+            utc("2026-04-01", 14),
+        ]
+        reminder = email.message_from_bytes(env.handler.received[-1].data, policy=default_policy)
+        assert isinstance(reminder, EmailMessage)
+        assert link in reminder.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+async def test_a_conversion_cancels_the_checkout_reminder(tmp_path: Path) -> None:
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, CADENCE) as env:
+        buyer = await lead(env, "buyer@berlin.test", country="DE")
+        sim = Simulation(env)
+        await sim.run(utc("2026-03-30", 12))
+        async with env.db.transaction() as session:
+            fresh = await session.get(Lead, buyer.id)
+            assert fresh is not None
+            link = "https://shop.acme.example/checkout"
+            await record_click(
+                session, sim.planner.settings, fresh, link, purchase=True, now=clock.now()
+            )
+        clock.advance(timedelta(days=1))
+        async with env.db.transaction() as session:
+            fresh = await session.get(Lead, buyer.id)
+            assert fresh is not None
+            await record_conversion(session, fresh, now=clock.now())
+
+        async def due(now: datetime) -> None:
+            await run_due(env.db, now, owner="t", context=sim.planner)
+
+        await sim.run(utc("2026-04-10", 0), due)
+        assert len(sim.sent["buyer@berlin.test"]) == 1  # the intro only
+        assert await env.lead_state(buyer.id) == "won"
+
+
+async def test_a_paused_lead_keeps_its_place_and_goes_on_after_resume(tmp_path: Path) -> None:
+    config = CADENCE.replace(
+        'lost_after = "5 business days"', 'lost_after = "5 business days"\non_click = "pause"'
+    )
+    clock = ManualClock(FRIDAY_EVENING)
+    async with outbox_env(tmp_path, clock, config) as env:
+        berlin = await lead(env, "kim@berlin.test", country="DE", owner="ann@acme.example")
+        sim = Simulation(env)
+        await sim.run(utc("2026-03-30", 12))
+        async with env.db.transaction() as session:
+            fresh = await session.get(Lead, berlin.id)
+            assert fresh is not None
+            link = "https://acme.example/case-study"
+            await record_click(
+                session, sim.planner.settings, fresh, link, purchase=False, now=clock.now()
+            )
+        assert await env.lead_state(berlin.id) == "paused"
+        [notice] = await env.events("lead.owner_notice")
+        assert notice.data["owner"] == "ann@acme.example"
+        await sim.run(utc("2026-04-06", 12))
+        assert len(sim.sent["kim@berlin.test"]) == 1  # silent while paused
+        async with env.db.transaction() as session:
+            fresh = await session.get(Lead, berlin.id)
+            assert fresh is not None
+            await transition(
+                session, fresh, State.ENGAGING, actor="test", reason="RESUME", now=clock.now()
+            )
+        await sim.run(utc("2026-04-08", 12))
+        # The f1 touch, due while paused, goes out at the next hour in the window.
+        assert [t for t, _ in sim.sent["kim@berlin.test"]] == [
+            utc("2026-03-30", 7),
+            utc("2026-04-07", 7),
+        ]

@@ -23,6 +23,7 @@ the step waits a day and the lead's owner hears of it (an event).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadloop.agent import outbox
+from leadloop.agent import due, outbox
 from leadloop.agent.lifecycle import State, can_transition, transition
 from leadloop.agent.sendtime import (
     Delay,
@@ -43,15 +44,38 @@ from leadloop.agent.sendtime import (
     next_window_start,
     plan_touch,
 )
-from leadloop.config import MERGE_FIELD_PATTERN, CadenceConfig, CadenceStep, LoadedConfig
+from leadloop.config import (
+    MERGE_FIELD_PATTERN,
+    CadenceConfig,
+    CadenceStep,
+    CheckoutConfig,
+    ConversationConfig,
+    FollowUpStep,
+    LoadedConfig,
+)
+from leadloop.mail import compose
 from leadloop.storage import repo
 from leadloop.storage.db import Database
-from leadloop.storage.models import Account, CadenceEnrollment, Event, Lead, OutboundMessage
+from leadloop.storage.models import (
+    Account,
+    CadenceEnrollment,
+    Event,
+    InboundMessage,
+    Lead,
+    Mailbox,
+    OutboundMessage,
+    ScheduledTask,
+)
 
 log = logging.getLogger("leadloop.agent.cadence")
 ACTOR = "cadence"
 OOO_DEFAULT = timedelta(days=7)  # an out-of-office reply without a return date
 MISSING_FIELD_WAIT = timedelta(days=1)
+PAUSED_RECHECK = timedelta(hours=1)  # a paused lead's cadence waits, it does not end
+CONVERSATION = "conversation"  # the quiet-conversation plan's name on the enrollment row
+CHECKOUT_TASK = "checkout.reminder"
+CLOSED_FOR_CHECKOUT = frozenset({State.WON, State.OPTED_OUT, State.INVALID})
+HUMAN_INBOUND = ("reply", "new_inbound")  # inbound kinds written by the buyer
 DUE_CHUNK = 100  # due touches per transaction
 NOT_SENT = frozenset(
     {
@@ -63,6 +87,10 @@ NOT_SENT = frozenset(
 )
 
 
+Plan = CadenceConfig | ConversationConfig
+Step = CadenceStep | FollowUpStep
+
+
 @dataclass(frozen=True)
 class CadenceSettings:
     cadences: tuple[CadenceConfig, ...]
@@ -71,6 +99,8 @@ class CadenceSettings:
     min_gap: int
     batch: int
     sender_names: dict[str, str]
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    checkout: CheckoutConfig = field(default_factory=CheckoutConfig)
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> CadenceSettings:
@@ -83,10 +113,22 @@ class CadenceSettings:
             min_gap=sending.min_gap_business_days,
             batch=sending.plan_batch,
             sender_names={box.name: box.display_name for box in s.mailboxes},
+            conversation=s.conversation,
+            checkout=s.checkout,
         )
 
     def cadence(self, name: str) -> CadenceConfig | None:
         return next((c for c in self.cadences if c.name == name), None)
+
+    def plan(self, name: str) -> Plan | None:
+        """A cadence by name, or the quiet-conversation plan."""
+        return self.conversation if name == CONVERSATION else self.cadence(name)
+
+
+def end_delay(plan: Plan) -> Delay:
+    """After a plan's last touch: when no reply makes the lead ``lost`` (a
+    cadence) or closes the conversation (the conversation plan)."""
+    return Delay.parse(plan.lost_after if isinstance(plan, CadenceConfig) else plan.close_after)
 
 
 @dataclass
@@ -96,6 +138,8 @@ class TickResult:
     stopped: int = 0
     lost: int = 0
     waiting: int = 0
+    conversations: int = 0
+    closed: int = 0
 
 
 class MissingFields(Exception):
@@ -139,7 +183,7 @@ def _unescaped(template: str) -> str:
     return template.replace("{{", "").replace("}}", "")
 
 
-def step_after(cadence: CadenceConfig, step_id: str | None) -> CadenceStep | None:
+def step_after(cadence: Plan, step_id: str | None) -> Step | None:
     """The step after *step_id* in the current order (the first when None).
 
     When *step_id* was removed from the config its place is unknown, so this
@@ -148,13 +192,15 @@ def step_after(cadence: CadenceConfig, step_id: str | None) -> CadenceStep | Non
     planner moves straight on), so the lead walks to the first step it has
     not had."""
     ids = [s.id for s in cadence.steps]
+    if not ids:
+        return None
     if step_id is None or step_id not in ids:
         return cadence.steps[0]
     index = ids.index(step_id) + 1
     return cadence.steps[index] if index < len(ids) else None
 
 
-def next_step(cadence: CadenceConfig, enrollment: CadenceEnrollment) -> CadenceStep | None:
+def next_step(cadence: Plan, enrollment: CadenceEnrollment) -> Step | None:
     """The step an active enrollment is due for, by id; if that step was
     removed from the config, the first one after the last touch."""
     for step in cadence.steps:
@@ -192,10 +238,10 @@ class Planner:
 
     async def tick(self, now: datetime) -> TickResult:
         result = TickResult()
-        if not self.settings.cadences:
-            return result
         async with self.db.transaction() as session:
             await self._enroll(session, now, result)
+        async with self.db.transaction() as session:
+            await self._converse(session, now, result)
         async with self.db.transaction() as session:
             await self._advance_waiting(session, now, result)
         # Due touches in short transactions: on SQLite a writer holds the one
@@ -231,7 +277,7 @@ class Planner:
                     return changed
                 for enrollment, lead in rows:
                     last_id = enrollment.id
-                    cadence = self.settings.cadence(enrollment.cadence)
+                    cadence = self.settings.plan(enrollment.cadence)
                     step = next_step(cadence, enrollment) if cadence else None
                     if step is None:
                         continue
@@ -252,12 +298,27 @@ class Planner:
 
     # -- 1. enroll ----------------------------------------------------------------
     async def _enroll(self, session: AsyncSession, now: datetime, result: TickResult) -> None:
-        enrolled = exists().where(CadenceEnrollment.lead_id == Lead.id)
+        # A lead joins a cadence once.  A lead back from nurture (its date
+        # due) joins again: its old row is older than its move to nurture.
+        rows = CadenceEnrollment.lead_id == Lead.id
+        eligible = or_(
+            ~exists().where(rows),
+            and_(
+                Lead.state == State.NURTURE,
+                ~exists().where(rows, CadenceEnrollment.updated_at > Lead.state_changed_at),
+            ),
+        )
+        due_nurture = or_(
+            Lead.state != State.NURTURE,
+            and_(Lead.nurture_until.is_not(None), Lead.nurture_until <= now),
+        )
         for cadence in self.settings.cadences:  # by priority: a lead joins the first
             segment = cadence.segment
             # The segment in SQL, so leads no cadence wants are never read
             # again and again (custom fields are checked in Python).
-            query = select(Lead).where(Lead.state.in_(segment.states), ~enrolled)
+            query = select(Lead).where(Lead.state.in_(segment.states), eligible)
+            if State.NURTURE in segment.states:
+                query = query.where(due_nurture)
             if segment.sources:
                 query = query.where(Lead.source.in_(segment.sources))
             if segment.ratings:
@@ -267,21 +328,36 @@ class Planner:
                 query = query.where(func.lower(Lead.country).in_(lowered))
             if segment.created_within is not None:
                 query = query.where(Lead.created_at >= now - segment.created_within)
-            leads = (
-                await session.scalars(
-                    query.order_by(Lead.hand_raiser.desc(), Lead.id).limit(self.settings.batch)
-                )
-            ).all()
+            leads = [
+                lead
+                for lead in (
+                    await session.scalars(
+                        query.order_by(Lead.hand_raiser.desc(), Lead.id).limit(self.settings.batch)
+                    )
+                ).all()
+                if matches(cadence, lead, now)
+            ]
+            old = await self._rows_of(session, [lead.id for lead in leads])
             for lead in leads:
-                if matches(cadence, lead, now):
-                    self._enroll_one(session, cadence, lead, now, result)
+                self._enroll_one(session, cadence, lead, old.get(lead.id), now, result)
             await session.flush()
+
+    async def _rows_of(
+        self, session: AsyncSession, lead_ids: list[int]
+    ) -> dict[int, CadenceEnrollment]:
+        if not lead_ids:
+            return {}
+        found = await session.scalars(
+            select(CadenceEnrollment).where(CadenceEnrollment.lead_id.in_(lead_ids))
+        )
+        return {row.lead_id: row for row in found}
 
     def _enroll_one(
         self,
         session: AsyncSession,
         cadence: CadenceConfig,
         lead: Lead,
+        row: CadenceEnrollment | None,
         now: datetime,
         result: TickResult,
     ) -> None:
@@ -295,17 +371,11 @@ class Planner:
             self.settings.window,
             min_gap_business_days=self.settings.min_gap,
         )
-        session.add(
-            CadenceEnrollment(
-                lead_id=lead.id,
-                cadence=cadence.name,
-                status="active",
-                next_step_id=first.id,
-                next_at=at,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        if row is None:
+            row = CadenceEnrollment(lead_id=lead.id, created_at=now)
+            session.add(row)
+        _restart(row, cadence.name, first.id, at, now)
+        row.last_touch_at = None
         repo.add_event(
             session,
             "cadence.enrolled",
@@ -315,6 +385,78 @@ class Planner:
             reasons=[f"matches cadence {cadence.name}; first touch at {at.isoformat()}"],
         )
         result.enrolled += 1
+
+    # -- 1b. quiet conversations -----------------------------------------------------
+    async def _converse(self, session: AsyncSession, now: datetime, result: TickResult) -> None:
+        """Start (or restart) the follow-up plan of each conversing lead whose
+        latest answer from us has gone out since the plan last looked."""
+        answers = (
+            select(
+                OutboundMessage.lead_id.label("lead_id"),
+                func.max(OutboundMessage.id).label("answer_id"),
+            )
+            .join(Lead, Lead.id == OutboundMessage.lead_id)
+            .where(
+                Lead.state == State.CONVERSING,
+                OutboundMessage.kind == outbox.Kind.REPLY,
+                OutboundMessage.status == outbox.Status.SENT,
+            )
+            .group_by(OutboundMessage.lead_id)
+            .subquery()
+        )
+        found = (
+            await session.execute(
+                select(Lead, OutboundMessage)
+                .join(answers, answers.c.lead_id == Lead.id)
+                .join(OutboundMessage, OutboundMessage.id == answers.c.answer_id)
+                .outerjoin(CadenceEnrollment, CadenceEnrollment.lead_id == Lead.id)
+                .where(
+                    or_(
+                        CadenceEnrollment.id.is_(None),
+                        CadenceEnrollment.answer_outbound_id.is_(None),
+                        CadenceEnrollment.answer_outbound_id < answers.c.answer_id,
+                    )
+                )
+                .limit(self.settings.batch)
+            )
+        ).all()
+        old = await self._rows_of(session, [lead.id for lead, _ in found])
+        plan = self.settings.conversation
+        for lead, answer in found:
+            row = old.get(lead.id)
+            if row is None:
+                row = CadenceEnrollment(lead_id=lead.id, created_at=now)
+                session.add(row)
+            sent = answer.sent_at or now
+            first = plan.steps[0] if plan.steps else None
+            zone = self.zone_of(lead)
+            if first is None:
+                at = add_delay(sent, end_delay(plan), zone, lead.country, self.settings.window)
+                _restart(row, CONVERSATION, None, at, now)
+                row.status = "ending"
+            else:
+                at = plan_touch(
+                    sent,
+                    Delay.parse(first.delay),
+                    now,
+                    zone,
+                    lead.country,
+                    self.settings.window,
+                    min_gap_business_days=self.settings.min_gap,
+                )
+                _restart(row, CONVERSATION, first.id, at, now)
+            row.answer_outbound_id = answer.id
+            row.last_touch_at = sent
+            repo.add_event(
+                session,
+                "cadence.conversation",
+                actor=ACTOR,
+                now=now,
+                lead_id=lead.id,
+                outbound_id=answer.id,
+                reasons=[f"our answer went out; if the buyer stays quiet: {at.isoformat()}"],
+            )
+            result.conversations += 1
 
     # -- 2. touches that went out ------------------------------------------------
     async def _advance_waiting(
@@ -349,10 +491,10 @@ class Planner:
                 result.waiting += 1
                 continue
             enrollment.last_touch_at = row.sent_at
-            cadence = self.settings.cadence(enrollment.cadence)
-            following = step_after(cadence, enrollment.last_step_id) if cadence else None
+            plan = self.settings.plan(enrollment.cadence)
+            following = step_after(plan, enrollment.last_step_id) if plan else None
             zone = self.zone_of(lead)
-            if cadence is None:
+            if plan is None:
                 self._stop(session, enrollment, "its cadence was removed", now, result)
             elif following is not None:
                 enrollment.status = "active"
@@ -370,11 +512,7 @@ class Planner:
                 enrollment.status = "ending"
                 enrollment.next_step_id = None
                 enrollment.next_at = add_delay(
-                    row.sent_at,
-                    Delay.parse(cadence.lost_after),
-                    zone,
-                    lead.country,
-                    self.settings.window,
+                    row.sent_at, end_delay(plan), zone, lead.country, self.settings.window
                 )
             enrollment.updated_at = now
 
@@ -395,11 +533,19 @@ class Planner:
             )
         ).all()
         away = await self._out_of_office_events(session, [lead.id for _, lead in rows])
+        # The chunk's accounts in one query; session.get then finds them in
+        # the identity map instead of asking once per lead.
+        accounts = {lead.account_id for _, lead in rows if lead.account_id}
+        if accounts:
+            (await session.scalars(select(Account).where(Account.id.in_(accounts)))).all()
+        talks = await self._conversations(
+            session, [e for e, _ in rows if e.cadence == CONVERSATION]
+        )
         touches: list[tuple[CadenceEnrollment, str, outbox.Draft]] = []
         with session.no_autoflush:
             for enrollment, lead in rows:
                 await self._due_one(
-                    session, enrollment, lead, away.get(lead.id), now, result, touches
+                    session, enrollment, lead, away.get(lead.id), talks, now, result, touches
                 )
         if not touches:
             return len(rows)
@@ -433,25 +579,78 @@ class Planner:
                     found.setdefault(event.lead_id, []).append(event)
         return found
 
+    async def _conversations(self, session: AsyncSession, rows: list[CadenceEnrollment]) -> _Talks:
+        """For due conversation plans: the answers and last nudges (by id) and
+        each lead's latest mail of its own."""
+        talks = _Talks()
+        if not rows:
+            return talks
+        ids = {i for r in rows for i in (r.answer_outbound_id, r.last_outbound_id) if i}
+        for message in await session.scalars(
+            select(OutboundMessage).where(OutboundMessage.id.in_(ids))
+        ):
+            talks.outbound[message.id] = message
+        latest = await session.execute(
+            select(InboundMessage.lead_id, func.max(InboundMessage.received_at))
+            .where(
+                InboundMessage.lead_id.in_([r.lead_id for r in rows]),
+                InboundMessage.kind.in_(HUMAN_INBOUND),
+            )
+            .group_by(InboundMessage.lead_id)
+        )
+        talks.heard = {lead_id: at for lead_id, at in latest.all() if lead_id is not None}
+        return talks
+
     async def _due_one(
         self,
         session: AsyncSession,
         enrollment: CadenceEnrollment,
         lead: Lead,
         away: list[Event] | None,
+        talks: _Talks,
         now: datetime,
         result: TickResult,
         touches: list[tuple[CadenceEnrollment, str, outbox.Draft]],
     ) -> None:
-        if lead.state not in (State.NEW, State.ENGAGING):
+        talking = enrollment.cadence == CONVERSATION
+        working = (State.CONVERSING,) if talking else (State.NEW, State.ENGAGING, State.NURTURE)
+        answer = talks.outbound.get(enrollment.answer_outbound_id or 0)
+        heard = talks.heard.get(lead.id)
+        if lead.state == State.PAUSED:
+            # Agent silent until RESUME or the pause's end; the plan keeps its place.
+            enrollment.next_at = next_window_start(
+                max(lead.paused_until or now, now + PAUSED_RECHECK),
+                self.zone_of(lead),
+                lead.country,
+                self.settings.window,
+            )
+            enrollment.updated_at = now
+        elif lead.state not in working:
             why = "a human replied" if lead.state == State.CONVERSING else f"lead is {lead.state}"
             self._stop(session, enrollment, why, now, result)
+        elif talking and (answer is None or answer.sent_at is None):
+            self._stop(session, enrollment, "the answer it follows is gone", now, result)
+        elif talking and heard is not None and answer and heard > (answer.sent_at or now):
+            self._stop(
+                session,
+                enrollment,
+                "the buyer replied; the plan starts again after our next answer",
+                now,
+                result,
+            )
         elif await self._out_of_office(session, enrollment, lead, away or [], now):
             return
         elif enrollment.status == "ending":
-            await self._lose(session, enrollment, lead, now, result)
-        elif self.settings.cadence(enrollment.cadence) is None:
+            if talking:
+                await self._close(session, enrollment, lead, now, result)
+            else:
+                await self._lose(session, enrollment, lead, now, result)
+        elif self.settings.plan(enrollment.cadence) is None:
             self._stop(session, enrollment, "its cadence was removed", now, result)
+        elif talking:
+            assert answer is not None
+            last = talks.outbound.get(enrollment.last_outbound_id or 0)
+            await self._nudge(session, enrollment, lead, answer, last, now, touches)
         else:
             await self._touch(session, enrollment, lead, now, touches)
 
@@ -527,24 +726,12 @@ class Planner:
             box.address,
             cadence.product,
         )
+        assert isinstance(step, CadenceStep)
         try:
             subject = render(step.subject, fields)
             body = render(step.body, fields)
         except MissingFields as exc:
-            enrollment.next_at = now + MISSING_FIELD_WAIT
-            enrollment.updated_at = now
-            reason = f"step {step.id} waits: the lead has no {exc}"
-            if enrollment.reason != reason:
-                enrollment.reason = reason
-                repo.add_event(
-                    session,
-                    "cadence.missing_field",
-                    actor=ACTOR,
-                    now=now,
-                    lead_id=lead.id,
-                    reasons=[reason],
-                    data={"owner": lead.owner, "fields": exc.names, "step": step.id},
-                )
+            self._wait_for_fields(session, enrollment, lead, step.id, exc, now)
             return
         draft = outbox.Draft(
             kind=outbox.Kind.TOUCH,
@@ -556,6 +743,103 @@ class Planner:
             lead=lead,
         )
         touches.append((enrollment, step.id, draft))
+
+    async def _nudge(
+        self,
+        session: AsyncSession,
+        enrollment: CadenceEnrollment,
+        lead: Lead,
+        answer: OutboundMessage,
+        last: OutboundMessage | None,
+        now: datetime,
+        touches: list[tuple[CadenceEnrollment, str, outbox.Draft]],
+    ) -> None:
+        """A follow-up in the thread of our answer, under our latest mail in it."""
+        plan = self.settings.conversation
+        step = next_step(plan, enrollment)
+        if step is None:
+            enrollment.status = "ending"
+            enrollment.next_at = now
+            return
+        mailbox = await session.get(Mailbox, answer.mailbox_id) if answer.mailbox_id else None
+        box = self.send.box(mailbox.name if mailbox else plan.mailbox)
+        account = await session.get(Account, lead.account_id) if lead.account_id else None
+        fields = merge_fields(
+            lead, account, self.settings.sender_names.get(box.name, ""), box.address, plan.product
+        )
+        try:
+            body = render(step.body, fields)
+        except MissingFields as exc:
+            self._wait_for_fields(session, enrollment, lead, step.id, exc, now)
+            return
+        parent = last if last is not None and last.sent_at is not None else answer
+        draft = outbox.Draft(
+            kind=outbox.Kind.NUDGE,
+            to=[lead.email],
+            subject=compose.reply_subject(answer.subject),
+            text=body,
+            idempotency_key=f"nudge:{lead.id}:{answer.id}:{step.id}",
+            mailbox=box.name,
+            lead=lead,
+            thread_id=answer.thread_id,
+            in_reply_to=parent.message_id,
+            references=compose.references_for(parent.message_id, list(parent.references or [])),
+        )
+        touches.append((enrollment, step.id, draft))
+
+    async def _close(
+        self,
+        session: AsyncSession,
+        enrollment: CadenceEnrollment,
+        lead: Lead,
+        now: datetime,
+        result: TickResult,
+    ) -> None:
+        """The buyer stayed quiet through every nudge: the conversation ends
+        through the hand-off rules, never as ``lost``.  Until qualification
+        decides, that is ``handed_back`` to the lead's owner."""
+        nudged = f" and {enrollment.last_step_id}" if enrollment.last_step_id else ""
+        reason = f"the conversation went quiet: no reply to our answer{nudged}"
+        if can_transition(lead, State.HANDED_BACK):
+            await transition(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
+            repo.add_event(
+                session,
+                "lead.owner_notice",
+                actor=ACTOR,
+                now=now,
+                lead_id=lead.id,
+                reasons=[reason],
+                data={"owner": lead.owner},
+            )
+            result.closed += 1
+        enrollment.status = "done"
+        enrollment.reason = reason
+        enrollment.next_at = None
+        enrollment.updated_at = now
+
+    def _wait_for_fields(
+        self,
+        session: AsyncSession,
+        enrollment: CadenceEnrollment,
+        lead: Lead,
+        step_id: str,
+        exc: MissingFields,
+        now: datetime,
+    ) -> None:
+        enrollment.next_at = now + MISSING_FIELD_WAIT
+        enrollment.updated_at = now
+        reason = f"step {step_id} waits: the lead has no {exc}"
+        if enrollment.reason != reason:
+            enrollment.reason = reason
+            repo.add_event(
+                session,
+                "cadence.missing_field",
+                actor=ACTOR,
+                now=now,
+                lead_id=lead.id,
+                reasons=[reason],
+                data={"owner": lead.owner, "fields": exc.names, "step": step_id},
+            )
 
     async def _lose(
         self,
@@ -595,6 +879,194 @@ class Planner:
             reasons=[reason],
         )
         result.stopped += 1
+
+
+# -- what the buyer does elsewhere -------------------------------------------------
+
+
+async def _row_of(session: AsyncSession, lead: Lead) -> CadenceEnrollment | None:
+    return await session.scalar(
+        select(CadenceEnrollment).where(CadenceEnrollment.lead_id == lead.id)
+    )
+
+
+async def nurture(
+    session: AsyncSession, lead: Lead, until: datetime, *, actor: str, reason: str, now: datetime
+) -> None:
+    """A timing objection or commitment ("after Q3"): the lead waits in
+    ``nurture`` until *until*, when a cadence whose segment includes
+    ``nurture`` re-engages it.  Its current plan stops."""
+    if until <= now:
+        raise ValueError(f"the re-engagement date {until.isoformat()} is not in the future")
+    await transition(session, lead, State.NURTURE, actor=actor, reason=reason, now=now)
+    lead.nurture_until = until
+    row = await _row_of(session, lead)
+    if row is not None and row.status in ("active", "waiting", "ending"):
+        row.status = "stopped"
+        row.reason = f"nurture until {until.date().isoformat()}: {reason}"
+        row.next_at = None
+        row.updated_at = now
+
+
+def _link_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+async def record_click(
+    session: AsyncSession,
+    settings: CadenceSettings,
+    lead: Lead,
+    url: str,
+    *,
+    purchase: bool,
+    now: datetime,
+    product: str | None = None,
+) -> str:
+    """A tracked click by *lead* (the tracking endpoint calls this).
+
+    The lead's cadence reacts as its ``on_click`` says (nothing, pause, or
+    stop); a click on a purchase link schedules one checkout reminder with
+    the same link, which a conversion cancels.  Returns what was done."""
+    done: list[str] = []
+    row = await _row_of(session, lead)
+    cadence = settings.cadence(row.cadence) if row is not None else None
+    if row is not None and cadence is not None and row.status in ("active", "waiting"):
+        if cadence.on_click == "stop":
+            row.status = "stopped"
+            row.reason = "the lead clicked a link (on_click = stop)"
+            row.next_at = None
+            row.updated_at = now
+            done.append(f"cadence {cadence.name} stopped")
+        elif cadence.on_click == "pause" and can_transition(lead, State.PAUSED):
+            reason = "the lead clicked a link (on_click = pause): over to the owner"
+            await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
+            repo.add_event(
+                session,
+                "lead.owner_notice",
+                actor=ACTOR,
+                now=now,
+                lead_id=lead.id,
+                reasons=[reason],
+                data={"owner": lead.owner, "url": url},
+            )
+            done.append(f"cadence {cadence.name} paused with the lead")
+    checkout = settings.checkout
+    if purchase and checkout.enabled and lead.state not in CLOSED_FOR_CHECKOUT:
+        zone = lead_zone(lead.timezone, lead.country, settings.default_zone)
+        at = add_delay(now, Delay.parse(checkout.after), zone, lead.country, settings.window)
+        at = next_window_start(at, zone, lead.country, settings.window)
+        await repo.schedule(
+            session,
+            CHECKOUT_TASK,
+            at,
+            now=now,
+            lead_id=lead.id,
+            payload={"url": url, "product": product, "clicked_at": now.isoformat()},
+            dedupe_key=f"checkout:{lead.id}:{_link_key(url)}",
+        )
+        done.append(f"checkout reminder at {at.isoformat()} unless it converts")
+    repo.add_event(
+        session,
+        "lead.clicked",
+        actor=ACTOR,
+        now=now,
+        lead_id=lead.id,
+        reasons=done or ["recorded"],
+        data={"url": url, "purchase": purchase},
+    )
+    return "; ".join(done) or "recorded"
+
+
+async def record_conversion(
+    session: AsyncSession, lead: Lead, *, now: datetime, reason: str = "conversion"
+) -> None:
+    """The lead bought: ``won``; its plan and any checkout reminder end."""
+    if can_transition(lead, State.WON):
+        await transition(session, lead, State.WON, actor=ACTOR, reason=reason, now=now)
+    pending = await session.scalars(
+        select(ScheduledTask).where(
+            ScheduledTask.lead_id == lead.id,
+            ScheduledTask.kind == CHECKOUT_TASK,
+            ScheduledTask.status == repo.PENDING,
+        )
+    )
+    for task in pending:
+        task.status = repo.DONE
+        task.done_at = now
+        task.last_error = "cancelled: the lead converted"
+    row = await _row_of(session, lead)
+    if row is not None and row.status in ("active", "waiting", "ending"):
+        row.status = "done"
+        row.reason = "the lead converted"
+        row.next_at = None
+        row.updated_at = now
+
+
+@due.handler(CHECKOUT_TASK)
+async def checkout_reminder(
+    session: AsyncSession, task: ScheduledTask, now: datetime, context: Any
+) -> str:
+    """The one reminder after a purchase-link click that did not convert."""
+    if not isinstance(context, Planner):
+        raise LookupError("checkout reminders need the planner's settings")
+    lead = await session.get(Lead, task.lead_id) if task.lead_id else None
+    if lead is None:
+        return "no reminder: the lead is gone"
+    if lead.state == State.WON:
+        return "no reminder: the lead converted"
+    if lead.state not in (State.NEW, State.ENGAGING, State.CONVERSING, State.NURTURE):
+        return f"no reminder: the lead is {lead.state}"
+    url = str(task.payload.get("url") or "")
+    settings = context.settings
+    checkout = settings.checkout
+    product = str(task.payload.get("product") or settings.conversation.product)
+    box = context.send.box(None)
+    account = await session.get(Account, lead.account_id) if lead.account_id else None
+    fields = merge_fields(
+        lead, account, settings.sender_names.get(box.name, ""), box.address, product
+    )
+    try:
+        subject = render(checkout.subject, fields)
+        body = render(checkout.body, {**fields, "link": url})
+    except MissingFields as exc:
+        return f"no reminder: the lead has no {exc}"
+    row = await outbox.queue(
+        session,
+        context.send,
+        kind=outbox.Kind.NUDGE,
+        to=[lead.email],
+        subject=subject,
+        text=body,
+        now=now,
+        idempotency_key=f"checkout:{lead.id}:{_link_key(url)}",
+        mailbox=box.name,
+        lead=lead,
+        actor=ACTOR,
+    )
+    return f"checkout reminder queued (outbound {row.id})"
+
+
+@dataclass
+class _Talks:
+    outbound: dict[int, OutboundMessage] = field(default_factory=dict)
+    heard: dict[int, datetime] = field(default_factory=dict)
+    """Each lead's latest mail of its own (received time)."""
+
+
+def _restart(
+    row: CadenceEnrollment, plan: str, step_id: str | None, at: datetime, now: datetime
+) -> None:
+    """Put an enrollment row (new, or left over from an earlier plan) at the
+    start of *plan*."""
+    row.cadence = plan
+    row.status = "active"
+    row.next_step_id = step_id
+    row.next_at = at
+    row.last_step_id = None
+    row.last_outbound_id = None
+    row.answer_outbound_id = None
+    row.reason = None
+    row.updated_at = now
 
 
 # -- preview -----------------------------------------------------------------------
@@ -649,7 +1121,8 @@ async def preview(planner: Planner, session: AsyncSession, lead: Lead, now: date
         if cadence is None:
             result.note = "no cadence's segment matches this lead"
             return result
-        step: CadenceStep | None = cadence.steps[0]
+        cadence_or_talk: Plan = cadence
+        step: Step | None = cadence.steps[0]
         at = plan_touch(
             None,
             Delay.parse(cadence.steps[0].delay),
@@ -662,40 +1135,42 @@ async def preview(planner: Planner, session: AsyncSession, lead: Lead, now: date
         result.status = "enrolled at the next tick"
     else:
         result.status = enrollment.status
-        found = settings.cadence(enrollment.cadence)
+        found = settings.plan(enrollment.cadence)
         if found is None or enrollment.status not in ("active", "waiting"):
             result.cadence = enrollment.cadence
             result.note = enrollment.reason or "no further touch is planned"
             return result
-        cadence = found
+        cadence_or_talk = found
         if enrollment.status == "waiting":
-            step = step_after(cadence, enrollment.last_step_id)
+            step = step_after(found, enrollment.last_step_id)
             at = None
             result.note = (
                 f"touch {enrollment.last_step_id} is in the outbox; "
                 "the next is planned when it goes out"
             )
         else:
-            step = next_step(cadence, enrollment)
+            step = next_step(found, enrollment)
             at = max(enrollment.next_at or now, now)
-    result.cadence = cadence.name
+    plan = cadence_or_talk
+    result.cadence = plan.name
     if step is None:
         result.note = "the last step has gone out"
         return result
     result.next_step = step.id
     result.next_at = at
-    box = planner.send.box(cadence.mailbox)
+    box = planner.send.box(plan.mailbox)
     account = await session.get(Account, lead.account_id) if lead.account_id else None
     fields = merge_fields(
-        lead, account, settings.sender_names.get(box.name, ""), box.address, cadence.product
+        lead, account, settings.sender_names.get(box.name, ""), box.address, plan.product
     )
     try:
-        result.subject = render(step.subject, fields)
+        # A conversation nudge answers in the thread: "Re: " + its subject.
+        result.subject = render(step.subject, fields) if isinstance(step, CadenceStep) else None
         result.body = render(step.body, fields)
     except MissingFields as exc:
         result.missing = exc.names
     previous = at
-    following = step_after(cadence, step.id)
+    following = step_after(plan, step.id)
     while following is not None and previous is not None:
         previous = plan_touch(
             previous,
@@ -707,5 +1182,5 @@ async def preview(planner: Planner, session: AsyncSession, lead: Lead, now: date
             min_gap_business_days=settings.min_gap,
         )
         result.later.append((following.id, previous))
-        following = step_after(cadence, following.id)
+        following = step_after(plan, following.id)
     return result

@@ -11,6 +11,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,8 +22,10 @@ from leadloop.storage.models import Lead, ScheduledTask
 
 log = logging.getLogger("leadloop.agent.due")
 
-Handler = Callable[[AsyncSession, ScheduledTask, datetime], Awaitable[str]]
-"""Does one task inside the given transaction; returns what it did."""
+Handler = Callable[[AsyncSession, ScheduledTask, datetime, Any], Awaitable[str]]
+"""Does one task inside the given transaction; returns what it did.  The
+last argument is the caller's context (the daemon's cadence planner, which
+holds the settings a task may need), or None."""
 
 HANDLERS: dict[str, Handler] = {}
 MAX_ATTEMPTS = 5
@@ -43,6 +46,7 @@ async def run_due(
     owner: str = "local",
     lease: timedelta = timedelta(minutes=5),
     limit: int = 500,
+    context: Any = None,
 ) -> int:
     """Do every task due at *now*; return how many ran."""
     ran = 0
@@ -52,11 +56,11 @@ async def run_due(
         if not ids:
             return ran
         for task_id in ids:
-            await _run_one(db, task_id, now)
+            await _run_one(db, task_id, now, context)
             ran += 1
 
 
-async def _run_one(db: Database, task_id: int, now: datetime) -> None:
+async def _run_one(db: Database, task_id: int, now: datetime, context: Any) -> None:
     try:
         async with db.transaction() as session:
             task = await session.get(ScheduledTask, task_id, with_for_update=True)
@@ -65,7 +69,7 @@ async def _run_one(db: Database, task_id: int, now: datetime) -> None:
             func = HANDLERS.get(task.kind)
             if func is None:
                 raise LookupError(f"no handler for due task kind {task.kind!r}")
-            outcome = await func(session, task, now)
+            outcome = await func(session, task, now, context)
             task.status = repo.DONE
             task.done_at = now
             task.claimed_by = task.claimed_until = None
@@ -106,7 +110,9 @@ async def _run_one(db: Database, task_id: int, now: datetime) -> None:
 
 
 @handler("lead.resume")
-async def resume_lead(session: AsyncSession, task: ScheduledTask, now: datetime) -> str:
+async def resume_lead(
+    session: AsyncSession, task: ScheduledTask, now: datetime, context: Any
+) -> str:
     """A pause with an end date ends: back to the state the lead was paused from."""
     lead = await session.get(Lead, task.lead_id, with_for_update=True) if task.lead_id else None
     if lead is None or lead.state != State.PAUSED:

@@ -102,15 +102,21 @@ class Status(StrEnum):
 class Kind(StrEnum):
     TOUCH = "touch"  # a cadence touch
     REPLY = "reply"  # a conversational reply
+    NUDGE = "nudge"  # a follow-up in a quiet conversation; a checkout reminder
     INTRO = "intro"  # the warm introduction, sent in `qualified`
     NOTICE = "notice"  # staff: escalations, hand-offs, digests, confirmations
 
 
-LEAD_KINDS = frozenset({Kind.TOUCH, Kind.REPLY, Kind.INTRO})
+LEAD_KINDS = frozenset({Kind.TOUCH, Kind.REPLY, Kind.NUDGE, Kind.INTRO})
 # Counted against caps while the outcome is open or the mail has gone.
 _IN_FLIGHT = (Status.SENDING, Status.IN_DOUBT)
 UNSUBSCRIBE_TTL = timedelta(days=90)  # DESIGN.md: at least 60 days
 STALE_RENDER = timedelta(hours=1)
+# A cadence touch that went out moves its lead to `engaging` (DESIGN.md).
+_TOUCH_MOVES = {
+    State.NEW: "first touch sent",
+    State.NURTURE: "re-engagement date reached: touch sent",
+}
 
 
 class Verdict(StrEnum):
@@ -983,16 +989,12 @@ async def record_sent_many(
             for item in sent
         ],
     )
-    first_touches = [i.lead_id for i in sent if i.kind == Kind.TOUCH and i.lead_id is not None]
-    await transition_many(
-        session,
-        first_touches,
-        State.NEW,
-        State.ENGAGING,
-        actor=ACTOR,
-        reason="first touch sent",
-        now=now,
-    )
+    touched = [i.lead_id for i in sent if i.kind == Kind.TOUCH and i.lead_id is not None]
+    for source, reason in _TOUCH_MOVES.items():
+        moved = await transition_many(
+            session, touched, source, State.ENGAGING, actor=ACTOR, reason=reason, now=now
+        )
+        touched = [i for i in touched if i not in set(moved)]
 
 
 async def _recipient_refused(
@@ -1037,8 +1039,8 @@ async def _apply(
         row.sent_at = now
         row.last_error = None
         row.copy_pending = box.sent_copy == "client"
-        if lead is not None and kind is Kind.TOUCH and lead.state == State.NEW:
-            await _to_state(session, lead, State.ENGAGING, "first touch sent", now)
+        if lead is not None and kind is Kind.TOUCH and lead.state in _TOUCH_MOVES:
+            await _to_state(session, lead, State.ENGAGING, _TOUCH_MOVES[State(lead.state)], now)
     elif result is Verdict.RETRY:
         if row.attempts <= len(settings.retry):
             wait = settings.retry[row.attempts - 1]
@@ -1163,8 +1165,8 @@ async def settle(
         row.sent_at = now
         row.smtp_reply = "settled: found in the Sent folder"
         lead = await session.get(Lead, row.lead_id) if row.lead_id is not None else None
-        if lead is not None and row.kind == Kind.TOUCH and lead.state == State.NEW:
-            await _to_state(session, lead, State.ENGAGING, "first touch sent", now)
+        if lead is not None and row.kind == Kind.TOUCH and lead.state in _TOUCH_MOVES:
+            await _to_state(session, lead, State.ENGAGING, _TOUCH_MOVES[State(lead.state)], now)
         _event(session, row, "outbound.settled", ["found in the Sent folder: it was sent"], now)
         return
     lookups = int(row.payload.get("lookups", 0)) + 1

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
 import random
@@ -223,6 +225,7 @@ class Service:
         self.sender: Sender | None = None
         self.planner: Planner | None = None
         self.scheduler: AsyncIOScheduler | None = None
+        self._config_seen = _fingerprint(loaded.file)
 
     # -- start and stop ---------------------------------------------------
     async def start(self) -> None:
@@ -310,7 +313,7 @@ class Service:
         assert self.pipeline is not None and self.db is not None
         for watcher in self.watchers.values():
             await self.poll(watcher)
-        await run_due(self.db, self.clock.now(), owner=self.owner)
+        await run_due(self.db, self.clock.now(), owner=self.owner, context=self.planner)
         await self.pipeline.run_pending()
         await self.plan_touches()
         await self.send_due()
@@ -359,6 +362,15 @@ class Service:
             max_instances=1,
             coalesce=True,
         )
+        if settings.service.watch_config:
+            self.scheduler.add_job(
+                self.check_config_file,
+                "interval",
+                seconds=settings.service.watch_interval.total_seconds(),
+                id="config-watch",
+                max_instances=1,
+                coalesce=True,
+            )
         for watcher in self.watchers.values():
             self.scheduler.add_job(
                 self.poll,
@@ -379,7 +391,7 @@ class Service:
             return
         assert self.db is not None
         try:
-            ran = await run_due(self.db, self.clock.now(), owner=self.owner)
+            ran = await run_due(self.db, self.clock.now(), owner=self.owner, context=self.planner)
         except Exception:
             log.exception("due work failed; will try at the next tick")
             return
@@ -556,18 +568,19 @@ class Service:
         self.tasks.start(self.reload(), "reload")
 
     async def reload(self) -> bool:
-        """Apply the configuration file again; keep the running one if it is invalid."""
+        """Apply the configuration file again; keep the running one if it is invalid.
+
+        Cadences, windows, caps, segments and the other policy settings apply
+        at once; a mailbox added, changed or removed is watched accordingly.
+        The database and the state directory change only with a restart: a
+        reload reports them and keeps running with the old values."""
+        self._config_seen = _fingerprint(self.loaded.file)
         try:
             loaded = config_module.load(self.loaded.file)
         except ConfigError as exc:
             log.error("reload refused; the running configuration is kept:\n%s", exc.render())
             return False
-        if (
-            loaded.database_url != self.loaded.database_url
-            or loaded.state_dir != self.loaded.state_dir
-        ):
-            log.error("reload refused: the database and state directory change only with a restart")
-            return False
+        loaded = self._keep_restart_only(loaded)
         self.loaded = loaded
         await self._sync_watchers()
         if self.sender is not None and self.db is not None:
@@ -582,3 +595,53 @@ class Service:
             self._schedule_jobs()
         log.info("configuration reloaded from %s", loaded.file)
         return True
+
+    def _keep_restart_only(self, loaded: LoadedConfig) -> LoadedConfig:
+        """The new configuration with the running values of the settings that
+        need a restart, each one that changed named in a warning."""
+        old, new = self.loaded.settings, loaded.settings
+        changed = [
+            name
+            for name, before, after in (
+                ("database", old.database, new.database),
+                ("service.state_dir", old.service.state_dir, new.service.state_dir),
+            )
+            if before != after
+        ]
+        if loaded.state_dir != self.loaded.state_dir and "service.state_dir" not in changed:
+            changed.append("service.state_dir")
+        if not changed:
+            return loaded
+        log.warning(
+            "reload: %s changed; that takes a restart (running with the old values until then)",
+            ", ".join(changed),
+        )
+        service = new.service.model_copy(update={"state_dir": old.service.state_dir})
+        settings = new.model_copy(update={"database": old.database, "service": service})
+        secrets = dict(loaded.secrets)
+        if "database" in self.loaded.secrets:
+            secrets["database"] = self.loaded.secrets["database"]
+        return dataclasses.replace(
+            loaded, settings=settings, state_dir=self.loaded.state_dir, secrets=secrets
+        )
+
+    async def check_config_file(self) -> bool:
+        """With ``service.watch_config``: reload when the file changed on disk
+        (an edit in place or a new file renamed over it).  A refused edit is
+        not tried again until the file changes once more."""
+        seen = _fingerprint(self.loaded.file)
+        if seen is None or seen == self._config_seen:
+            return False
+        log.info("%s changed on disk; reloading", self.loaded.file)
+        return await self.reload()
+
+
+def _fingerprint(path: Path) -> str | None:
+    """A version of the config file: the digest of its bytes.  Plain polling,
+    written here: an inotify library would add a native dependency, and
+    reading a small file every few seconds also sees edits on network file
+    systems and files renamed into place, and ignores a mere ``touch``."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -247,6 +247,9 @@ class CadenceEnrollment(Base):
     (the touch of ``last_step_id`` is in the outbox: the next step is planned
     from the time it actually went out), ``ending`` (the last touch went out;
     ``next_at`` is when no reply makes the lead ``lost``), ``stopped``, ``done``.
+
+    The same row carries a conversing lead's quiet-conversation plan (cadence
+    ``conversation``): a lead is in one cadence *or* one conversation.
     """
 
     __tablename__ = "cadence_enrollments"
@@ -263,6 +266,8 @@ class CadenceEnrollment(Base):
     next_at: Mapped[datetime | None]
     ooo_event_id: Mapped[int | None] = mapped_column(Integer)
     """The last out-of-office event already applied."""
+    answer_outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
+    """In the ``conversation`` plan: our answer whose silence the nudges follow."""
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -1,0 +1,404 @@
+"""Cadences through the whole daemon: the Maildir inbox, the real stages,
+the planner, the outbox and aiosmtpd on loopback, on an injected clock.
+
+Every hour of three simulated weeks is one ``Service.run_once()``: fetch,
+due tasks, pipeline, planning tick, sending.  Buyers answer by mail dropped
+into the Maildir, threaded to the touch they received."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import itertools
+import logging
+import mailbox
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage, Message
+from pathlib import Path
+
+import pytest
+from outbox_env import write_config
+from smtp_servers import ScriptedHandler, smtp_server
+from sqlalchemy import select
+
+from leadloop.agent import outbox
+from leadloop.agent.lifecycle import create_lead
+from leadloop.clock import ManualClock
+from leadloop.config import load
+from leadloop.daemon.service import Service
+from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead
+
+CADENCE = """
+[sending]
+days = "mon-fri"
+hours = "09:00-17:00"
+
+[[cadences]]
+name = "launch"
+product = "FleetTrack"
+lost_after = "5 business days"
+
+[[cadences.steps]]
+id = "intro"
+subject = "{company} and {product}"
+body = "Hi {first_name}, is fleet tracking at {company} still done by hand?"
+
+[[cadences.steps]]
+id = "f1"
+delay = "3 business days"
+subject = "Re: {product}"
+body = "Hi {first_name}, following up."
+
+[[cadences.steps]]
+id = "f2"
+delay = "4 business days"
+subject = "Re: {product}"
+body = "Hi {first_name}, one last note."
+"""
+_ids = itertools.count(1)
+MONDAY_EARLY = datetime(2026, 3, 2, 5, 0, tzinfo=UTC)  # 06:00 in Berlin
+
+
+def utc(day: str, hour: int) -> datetime:
+    return datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC)
+
+
+@dataclass
+class Sent:
+    at: datetime
+    message: EmailMessage
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+@dataclass
+class World:
+    service: Service
+    clock: ManualClock
+    handler: ScriptedHandler
+    maildir: Path
+    sent: dict[str, list[Sent]] = field(default_factory=lambda: defaultdict(list))
+    seen: int = 0
+
+    async def hour(self, on_hour: Callable[[datetime], object] | None = None) -> None:
+        await self.service.run_once()
+        for item in self.handler.received[self.seen :]:
+            message = email.message_from_bytes(item.data, policy=email.policy.default)
+            for rcpt in item.rcpt_tos:
+                self.sent[rcpt].append(Sent(self.clock.now(), message))
+        self.seen = len(self.handler.received)
+        if on_hour is not None:
+            await on_hour(self.clock.now())  # type: ignore[misc]
+        self.clock.advance(timedelta(hours=1))
+
+    async def run_until(
+        self, until: datetime, on_hour: Callable[[datetime], object] | None = None
+    ) -> None:
+        while self.clock.now() <= until:
+            await self.hour(on_hour)
+
+    def deliver(self, raw: bytes) -> None:
+        mailbox.Maildir(self.maildir, None, create=True).add(raw)
+
+    def times(self, address: str) -> list[datetime]:
+        return [s.at for s in self.sent[address]]
+
+    async def lead(self, address: str, **fields: object) -> Lead:
+        assert self.service.db is not None
+        async with self.service.db.transaction() as session:
+            return await create_lead(
+                session,
+                Lead(email=address, first_name="Kim", company="Northwind", country="DE", **fields),
+                actor="test",
+                reason="test",
+                now=self.clock.now(),
+            )
+
+    async def state(self, lead: Lead) -> str:
+        assert self.service.db is not None
+        async with self.service.db.sessions() as session:
+            found = await session.get(Lead, lead.id)
+            assert found is not None
+            return found.state
+
+    async def enrollment(self, lead: Lead) -> CadenceEnrollment:
+        assert self.service.db is not None
+        async with self.service.db.sessions() as session:
+            found = await session.scalar(
+                select(CadenceEnrollment).where(CadenceEnrollment.lead_id == lead.id)
+            )
+            assert found is not None
+            return found
+
+    async def answer(self, lead: Lead, text: str) -> None:
+        """What the policy stage will do: answer the buyer's latest mail."""
+        service = self.service
+        assert service.db is not None and service.sender is not None
+        async with service.db.transaction() as session:
+            inbound = await session.scalar(
+                select(InboundMessage)
+                .where(InboundMessage.lead_id == lead.id, InboundMessage.kind == "reply")
+                .order_by(InboundMessage.id.desc())
+            )
+            fresh = await session.get(Lead, lead.id)
+            assert inbound is not None and fresh is not None
+            await outbox.queue_reply(
+                session,
+                service.sender.settings,
+                lead=fresh,
+                inbound=inbound,
+                text=text,
+                now=self.clock.now(),
+            )
+
+    async def events(self, kind: str, lead: Lead) -> list[Event]:
+        assert self.service.db is not None
+        async with self.service.db.sessions() as session:
+            found = await session.scalars(
+                select(Event).where(Event.kind == kind, Event.lead_id == lead.id)
+            )
+            return list(found)
+
+
+@asynccontextmanager
+async def world(tmp_path: Path, extra: str = CADENCE, service: str = "") -> AsyncIterator[World]:
+    clock = ManualClock(MONDAY_EARLY)
+    handler = ScriptedHandler()
+    async with smtp_server(handler) as port:
+        write_config(tmp_path, port, extra)
+        config = tmp_path / "config.toml"
+        config.write_text(config.read_text().replace("[service]\n", f"[service]\n{service}"))
+        daemon = Service(load(config), clock=clock)
+        await daemon.start()
+        try:
+            yield World(daemon, clock, handler, tmp_path / "var" / "mail")
+        finally:
+            await daemon._close()
+            daemon.lock.release()
+
+
+def buyer_mail(
+    sender: str,
+    parent: Message,
+    body: str,
+    *,
+    subject: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "sales@acme.example"
+    msg["Subject"] = subject or f"Re: {parent['Subject']}"
+    msg["Message-ID"] = f"<{next(_ids)}@buyer.example>"
+    msg["In-Reply-To"] = parent["Message-ID"]
+    msg["References"] = parent["Message-ID"]
+    msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def dsn(recipient: str, parent: Message) -> bytes:
+    boundary = "dsn-boundary"
+    text = f"""\
+From: MAILER-DAEMON@mx.northwind.example (Mail Delivery System)
+To: sales@acme.example
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <dsn-1@mx.northwind.example>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--{boundary}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.northwind.example
+
+Final-Recipient: rfc822; {recipient}
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 no such user
+
+--{boundary}
+Content-Type: message/rfc822
+
+From: sales@acme.example
+To: {recipient}
+Subject: {parent["Subject"]}
+Message-ID: {parent["Message-ID"]}
+
+Hi Kim.
+
+--{boundary}--
+"""
+    return text.replace("\n", "\r\n").encode()
+
+
+async def test_a_cadence_through_the_daemon_reacts_to_each_kind_of_answer(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        talk = await w.lead("talk@northwind.test")
+        away = await w.lead("away@northwind.test")
+        gone = await w.lead("gone@northwind.test")
+        stop = await w.lead("stop@northwind.test")
+        quiet = await w.lead("quiet@northwind.test")
+
+        async def buyers(now: datetime) -> None:
+            if now != utc("2026-03-02", 11):
+                return
+            first = {a: w.sent[a][0].message for a in w.sent}
+            w.deliver(buyer_mail(talk.email, first[talk.email], "What does it cost?"))
+            w.deliver(
+                buyer_mail(
+                    away.email,
+                    first[away.email],
+                    "I am out of the office and back on Monday, 9 March 2026.",
+                    subject="Out of Office: Northwind and FleetTrack",
+                    headers={"Auto-Submitted": "auto-replied"},
+                )
+            )
+            w.deliver(dsn(gone.email, first[gone.email]))
+            w.deliver(buyer_mail(stop.email, first[stop.email], "Please unsubscribe me."))
+
+        await w.run_until(utc("2026-03-02", 11), buyers)
+        await w.hour()  # 12:00: the answers are read
+        assert await w.state(talk) == "conversing"
+        await w.answer(talk, "40 trucks are EUR 400 a month.")
+        await w.run_until(utc("2026-03-20", 12))
+
+        # Everyone's first touch at 09:00 in Berlin (CET), Monday.
+        for lead in (talk, away, gone, stop, quiet):
+            assert w.times(lead.email)[0] == utc("2026-03-02", 8)
+        # No reply: three touches, then lost five business days after the last.
+        assert w.times(quiet.email) == [
+            utc("2026-03-02", 8),
+            utc("2026-03-05", 8),
+            utc("2026-03-11", 8),
+        ]
+        assert await w.state(quiet) == "lost"
+        # Out of office until Monday 9 March: the next touch a business day
+        # after the return, then the cadence goes on from there.
+        assert w.times(away.email) == [
+            utc("2026-03-02", 8),
+            utc("2026-03-10", 8),
+            utc("2026-03-16", 8),
+        ]
+        [moved] = await w.events("cadence.moved", away)
+        assert moved.reasons[0].startswith("out of office: next touch at 2026-03-10T08:00")
+        # A bounce and an opt-out stop the cadence for good.
+        assert len(w.sent[gone.email]) == 1 and await w.state(gone) == "invalid"
+        assert len(w.sent[stop.email]) == 1 and await w.state(stop) == "opted_out"
+        # The reply stopped the cadence; our answer went at once, then the
+        # buyer stayed quiet: nudges 3 and 7 business days later, in the thread.
+        answer, nudge1, nudge2 = w.sent[talk.email][1:]
+        assert answer.at == utc("2026-03-02", 13)
+        assert [nudge1.at, nudge2.at] == [utc("2026-03-05", 13), utc("2026-03-11", 13)]
+        assert nudge1.message["In-Reply-To"] == answer.message["Message-ID"]
+        assert nudge2.message["In-Reply-To"] == nudge1.message["Message-ID"]
+        assert nudge1.message["Subject"] == answer.message["Subject"]
+        assert "did my last answer help" in text_of(nudge1.message)
+        # Three business days after the last nudge the conversation closes
+        # through the hand-off rules: back to the owner, never lost.
+        assert await w.state(talk) == "handed_back"
+        assert (await w.enrollment(talk)).status == "done"
+        assert await w.events("lead.owner_notice", talk)
+
+
+async def test_a_buyer_who_answers_a_nudge_stops_the_nudges(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        talk = await w.lead("talk@northwind.test")
+
+        async def buyer(now: datetime) -> None:
+            if now == utc("2026-03-02", 11):
+                parent = w.sent[talk.email][0].message
+                w.deliver(buyer_mail(talk.email, parent, "Does it work with SAP?"))
+            if now == utc("2026-03-05", 14):  # after the first nudge
+                parent = w.sent[talk.email][-1].message
+                w.deliver(buyer_mail(talk.email, parent, "Sorry, busy week. Yes, SAP matters."))
+
+        await w.run_until(utc("2026-03-02", 11), buyer)
+        await w.hour()
+        await w.answer(talk, "Yes, it has an SAP connector.")
+        await w.run_until(utc("2026-03-20", 12), buyer)
+        assert len(w.sent[talk.email]) == 3  # touch, answer, one nudge
+        assert await w.state(talk) == "conversing"
+        enrollment = await w.enrollment(talk)
+        assert enrollment.status == "stopped"
+        assert "buyer replied" in (enrollment.reason or "")
+        # Our next answer starts the plan again.
+        await w.answer(talk, "Good to hear; the connector is included.")
+        await w.run_until(utc("2026-03-26", 12))
+        assert len(w.sent[talk.email]) == 5  # + the answer, + its first nudge
+        assert (await w.enrollment(talk)).cadence == "conversation"
+
+
+async def test_reload_moves_next_touches_and_refuses_a_broken_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with world(tmp_path) as w:
+        lead = await w.lead("kim@northwind.test")
+        await w.run_until(utc("2026-03-02", 9))
+        before = await w.enrollment(lead)
+        assert (before.next_step_id, before.next_at) == ("f1", utc("2026-03-05", 8))
+
+        config = tmp_path / "config.toml"
+        text = config.read_text()
+        config.write_text(
+            text.replace('delay = "3 business days"', 'delay = "1 business day"').replace(
+                'hours = "09:00-17:00"', 'hours = "14:00-17:00"'
+            )
+        )
+        assert await w.service.reload()
+        after = await w.enrollment(lead)
+        # Same step; one business day after the intro went out, at the new window.
+        assert (after.next_step_id, after.next_at) == ("f1", utc("2026-03-03", 13))
+
+        config.write_text(text.replace('delay = "4 business days"', 'delay = "4 bananas"'))
+        with caplog.at_level(logging.ERROR):
+            assert not await w.service.reload()
+        assert "reload refused" in caplog.text and "4 bananas" in caplog.text
+        assert (await w.enrollment(lead)).next_at == utc("2026-03-03", 13)
+        await w.run_until(utc("2026-03-03", 14))
+        assert w.times(lead.email) == [utc("2026-03-02", 8), utc("2026-03-03", 13)]
+
+
+async def test_watched_file_reloads_once_per_edit_and_restart_only_keys_are_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with world(tmp_path, service="watch_config = true\n") as w:
+        config = tmp_path / "config.toml"
+        assert not await w.service.check_config_file()  # unchanged
+        good = config.read_text().replace('hours = "09:00-17:00"', 'hours = "10:00-16:00"')
+        config.write_text(good)
+        assert await w.service.check_config_file()
+        assert w.service.planner is not None
+        assert w.service.planner.settings.window.start.hour == 10
+        assert not await w.service.check_config_file()  # applied once
+
+        config.write_text(good.replace('days = "mon-fri"', 'days = "someday"'))
+        with caplog.at_level(logging.ERROR):
+            assert not await w.service.check_config_file()
+            assert not await w.service.check_config_file()  # refused once, not again
+        assert caplog.text.count("reload refused") == 1
+        assert w.service.planner.settings.window.start.hour == 10
+
+        database = w.service.loaded.database_url
+        config.write_text(good + '\n[database]\nurl = "sqlite:///elsewhere.db"\n')
+        with caplog.at_level(logging.WARNING):
+            assert await w.service.check_config_file()
+        assert "database changed; that takes a restart" in caplog.text
+        assert w.service.loaded.database_url == database
