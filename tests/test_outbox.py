@@ -21,9 +21,11 @@ from test_compose import dns_for
 
 from leadloop.agent.lifecycle import State, create_lead, transition
 from leadloop.agent.outbox import (
+    Draft,
     Kind,
     Status,
     queue,
+    queue_bulk,
     queue_notice,
     queue_reply,
     resume_sender,
@@ -119,6 +121,40 @@ async def test_the_same_idempotency_key_queues_one_mail(tmp_path: Path, clock: M
         await env.drain()
         assert len(ids) == 1
         assert len(env.handler.received) == 1
+
+
+async def test_bulk_queue_matches_queue_and_keeps_the_first_row_per_key(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """The planner's set-based path: rows, events and sent mail as queue()
+    makes them; a key seen before (in the table or twice in one chunk)
+    gives the first row."""
+    async with outbox_env(tmp_path, clock) as env:
+        leads = [await env.lead(f"lead{i}@buyer.test") for i in range(3)]
+        drafts = [
+            Draft(Kind.TOUCH, [lead.email], "Hi", f"Hello {i}", f"k{i}", lead=lead)
+            for i, lead in enumerate(leads)
+        ]
+        async with env.db.transaction() as session:
+            first = await queue_bulk(session, env.settings, drafts[:2], now=env.now)
+        async with env.db.transaction() as session:
+            again = await queue_bulk(
+                session, env.settings, [drafts[1], drafts[2], drafts[2]], now=env.now
+            )
+        assert again[0] == first[1] and again[1] == again[2] != first[0]
+        assert len(await env.events("outbound.queued")) == 3
+        await env.drain()
+        received = sorted(
+            parse(r.data).get_body(("plain",)).get_content() for r in env.handler.received
+        )  # type: ignore[union-attr]
+        assert len(received) == 3
+        assert [text.split("\n")[0].strip() for text in received] == [
+            "Hello 0",
+            "Hello 1",
+            "Hello 2",
+        ]
+        row = await env.row(first[0])
+        assert (row.status, row.lead_id, row.kind) == ("sent", leads[0].id, "touch")
 
 
 async def test_a_reply_to_hostile_headers_reaches_only_the_lead(

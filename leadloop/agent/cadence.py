@@ -31,7 +31,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import due, outbox
@@ -65,6 +65,7 @@ from leadloop.storage.models import (
     Mailbox,
     OutboundMessage,
     ScheduledTask,
+    table_of,
 )
 
 log = logging.getLogger("leadloop.agent.cadence")
@@ -76,7 +77,7 @@ CONVERSATION = "conversation"  # the quiet-conversation plan's name on the enrol
 CHECKOUT_TASK = "checkout.reminder"
 CLOSED_FOR_CHECKOUT = frozenset({State.WON, State.OPTED_OUT, State.INVALID})
 HUMAN_INBOUND = ("reply", "new_inbound")  # inbound kinds written by the buyer
-DUE_CHUNK = 100  # due touches per transaction
+DUE_CHUNK = 250  # due touches per transaction
 NOT_SENT = frozenset(
     {
         outbox.Status.SKIPPED,
@@ -549,17 +550,32 @@ class Planner:
                 )
         if not touches:
             return len(rows)
-        # The chunk's touches in one go; the sender makes their bytes.
-        queued = await outbox.queue_many(
-            session, self.send, [d for _, _, d in touches], now=now, actor=ACTOR, render=False
+        # The chunk's touches and their rows' moves set-based; the sender
+        # makes the mails' bytes when it first claims them.
+        await session.flush()
+        queued = await outbox.queue_bulk(
+            session, self.send, [d for _, _, d in touches], now=now, actor=ACTOR
         )
-        for (enrollment, step_id, _), row in zip(touches, queued, strict=True):
-            enrollment.status = "waiting"
-            enrollment.last_step_id = step_id
-            enrollment.next_step_id = None
-            enrollment.last_outbound_id = row.id
-            enrollment.reason = None
-            enrollment.updated_at = now
+        table = table_of(CadenceEnrollment)
+        await session.execute(
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values(
+                status="waiting",
+                last_step_id=bindparam("step_id"),
+                next_step_id=None,
+                last_outbound_id=bindparam("outbound_id"),
+                reason=None,
+                updated_at=now,
+            ),
+            [
+                {"row_id": enrollment.id, "step_id": step_id, "outbound_id": outbound_id}
+                for (enrollment, step_id, _), outbound_id in zip(touches, queued, strict=True)
+            ],
+            execution_options={"synchronize_session": False},
+        )
+        for enrollment, _, _ in touches:
+            session.expire(enrollment)
         result.queued += len(queued)
         return len(rows)
 

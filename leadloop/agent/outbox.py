@@ -356,14 +356,13 @@ async def queue_many(
     actor: str = ACTOR,
     render: bool = True,
 ) -> list[OutboundMessage]:
-    """Put mails in the outbox, in the caller's transaction, in a few
-    statements whatever their number.
+    """Put mails in the outbox, in the caller's transaction.
 
     The same idempotency key twice returns the first row: a decision
     replayed after a crash never queues a second mail.  With *render* the
-    final bytes are made now, with the decision; bulk callers (the cadence
-    planner) pass False and the sender makes them when it first claims the
-    row.  Either way they never change once made.
+    final bytes are made now, with the decision; otherwise the sender makes
+    them when it first claims the row.  Either way they never change once
+    made.  Bulk callers that need only the ids use :func:`queue_bulk`.
     """
     keys = [d.idempotency_key for d in drafts]
     rows = {
@@ -372,7 +371,7 @@ async def queue_many(
             select(OutboundMessage).where(OutboundMessage.idempotency_key.in_(keys))
         )
     }
-    box_ids = {name: id_ for id_, name in await session.execute(select(Mailbox.id, Mailbox.name))}
+    box_ids = await _mailbox_ids(session)
     made: list[OutboundMessage] = []
     for draft in drafts:
         if draft.idempotency_key not in rows:
@@ -391,9 +390,68 @@ async def queue_many(
     return [rows[key] for key in keys]
 
 
+async def queue_bulk(
+    session: AsyncSession,
+    settings: OutboxSettings,
+    drafts: Sequence[Draft],
+    *,
+    now: datetime,
+    actor: str = ACTOR,
+) -> list[int]:
+    """:func:`queue_many` for the cadence planner's chunks: the same rows and
+    events, written set-based (one INSERT ... RETURNING for the rows, one for
+    their events) and left unrendered for the sender.  Returns the row ids,
+    in the order of *drafts*; a key already queued gives its first row."""
+    table = table_of(OutboundMessage)
+    keys = [d.idempotency_key for d in drafts]
+    ids: dict[str, int] = {
+        key: id_
+        for key, id_ in await session.execute(
+            select(table.c.idempotency_key, table.c.id).where(table.c.idempotency_key.in_(keys))
+        )
+    }
+    box_ids = await _mailbox_ids(session)
+    fresh: dict[str, dict[str, Any]] = {}
+    for draft in drafts:
+        if draft.idempotency_key not in ids and draft.idempotency_key not in fresh:
+            fresh[draft.idempotency_key] = _new_values(settings, draft, box_ids, now)
+    if fresh:
+        values = list(fresh.values())
+        inserted = await session.execute(
+            insert(table).returning(table.c.id, sort_by_parameter_order=True), values
+        )
+        events = []
+        for value, (id_,) in zip(values, inserted.all(), strict=True):
+            ids[value["idempotency_key"]] = id_
+            events.append(
+                {
+                    "at": now,
+                    "kind": "outbound.queued",
+                    "actor": actor,
+                    "lead_id": value.get("lead_id"),
+                    "outbound_id": id_,
+                    "reasons": [f"{value['kind']} to {', '.join(value['to_addrs'])}"],
+                    "data": {},
+                }
+            )
+        await session.execute(insert(table_of(Event)), events)
+    return [ids[key] for key in keys]
+
+
+async def _mailbox_ids(session: AsyncSession) -> dict[str, int]:
+    return {name: id_ for id_, name in await session.execute(select(Mailbox.id, Mailbox.name))}
+
+
 def _new_row(
     settings: OutboxSettings, draft: Draft, box_ids: dict[str, int], now: datetime
 ) -> OutboundMessage:
+    return OutboundMessage(**_new_values(settings, draft, box_ids, now))
+
+
+def _new_values(
+    settings: OutboxSettings, draft: Draft, box_ids: dict[str, int], now: datetime
+) -> dict[str, Any]:
+    """A new outbox row's columns."""
     kind = Kind(draft.kind)
     recipients = [safe_address(a) for a in draft.to]
     copies = [safe_address(a) for a in draft.cc]
@@ -402,7 +460,7 @@ def _new_row(
     if kind in LEAD_KINDS and draft.lead is None:
         raise ValueError(f"{kind} mail needs its lead")
     box = settings.box(draft.mailbox)
-    return OutboundMessage(
+    return dict(
         mailbox_id=box_ids.get(box.name),
         lead_id=draft.lead.id if draft.lead else None,
         thread_id=draft.thread_id,
