@@ -485,6 +485,62 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Understand each input with the configured brain (trained once) and
+    print one JSON object per input.  ``.eml`` files are parsed and their
+    headers help tell an auto-reply; other files (and ``-``, standard
+    input) are a body, plain text."""
+    from leadloop.brain import build_brain
+    from leadloop.mail.parse import parse_mail
+
+    if config_module.config_path(args.config).exists():
+        brain = build_brain(_load(args))
+    else:  # no configuration at all: the embedded default
+        from leadloop.brain.local import LocalBrain
+
+        brain = LocalBrain()
+
+    async def one(name: str, raw: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = {"file": name}
+        if name.lower().endswith(".eml") or (name == "-" and _looks_like_mail(raw)):
+            parsed = parse_mail(raw)
+            result["message_id"] = parsed.message_id
+            understood = await brain.classify(
+                parsed.body_text,
+                subject=parsed.subject,
+                received=parsed.date.date() if parsed.date else None,
+                headers=parsed.headers,
+            )
+        else:
+            understood = await brain.classify(raw.decode("utf-8", "replace"))
+        result.update(understood.summary())
+        return result
+
+    def read(name: str) -> bytes:
+        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+
+    async def main() -> int:
+        failed = 0
+        for name in args.files:
+            try:
+                line = await one(name, read(name))
+            except OSError as exc:
+                print(f"leadloop classify: {name}: {exc.strerror or exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+        return EXIT_FAILURE if failed else EXIT_OK
+
+    return _run_async(main())
+
+
+def _looks_like_mail(raw: bytes) -> bool:
+    """Standard input holds a whole message (headers first) or just a body."""
+    head = raw[:2000].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    names = {line.split(b":", 1)[0].strip().lower() for line in head.splitlines() if b":" in line}
+    return bool(names & {b"from", b"subject", b"message-id", b"date"}) and b"\n" in raw[:2000]
+
+
 # -- parser --------------------------------------------------------------------
 
 
@@ -564,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("preview", cmd_preview, "the next cadence touch for a lead (or five), unsent")
     p.add_argument("--lead", metavar="EMAIL")
     p.add_argument("--json", action="store_true", help="one JSON object per lead")
+
+    p = add("classify", cmd_classify, "understand replies: one JSON object per input")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".eml, a text body, or - (stdin)")
 
     p = add("replay", cmd_replay, "replay a folder of .eml files (JSON lines)")
     p.add_argument("directory")

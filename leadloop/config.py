@@ -598,6 +598,14 @@ class CheckoutConfig(_Section):
         return value
 
 
+class BrainConfig(_Section):
+    """Which brain understands replies (and, later, writes them)."""
+
+    kind: Literal["local"] = "local"
+    """``local``: offline rules plus a model trained at start from the
+    package's labelled replies; needs no network and no key."""
+
+
 class SendingConfig(_Section):
     """When touches may go out, in each lead's own time zone."""
 
@@ -641,6 +649,7 @@ class Config(_Section):
     cadences: list[CadenceConfig] = Field(default_factory=list)
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
+    brain: BrainConfig = Field(default_factory=BrainConfig)
 
     @field_validator("mailboxes")
     @classmethod
