@@ -277,6 +277,8 @@ async def test_a_cadence_through_the_daemon_reacts_to_each_kind_of_answer(
         await w.run_until(utc("2026-03-02", 11), buyers)
         await w.hour()  # 12:00: the answers are read
         assert await w.state(talk) == "conversing"
+        [understood] = await w.events("lead.understood", talk)
+        assert understood.data["intent"] == "question"
         await w.answer(talk, "40 trucks are EUR 400 a month.")
         await w.run_until(utc("2026-03-20", 12))
 

@@ -50,8 +50,10 @@ def test_replay_prints_one_line_per_message() -> None:
     for line in lines:
         assert {"file", "message_id", "lead", "kind", "intent", "action", "reasons"} <= set(line)
         assert line["status"] == "done"
-        # Until the brain and policy issues land, nothing decides these.
-        assert (line["intent"], line["action"]) == (None, None)
+        # Until the policy issue lands, nothing acts.
+        assert line["action"] is None
+    # The buyers' mails are understood; the held one is not read.
+    assert [line["intent"] for line in lines] == ["question", "meeting_request", None]
     assert lines[0]["message_id"] == "<CAD1.reply@mail.northwind.example>"
     # The reply threads to our earlier mail in sent/, so to Dana; Li writes fresh as a
     # known lead; the unknown sender cannot be vouched for and is held.

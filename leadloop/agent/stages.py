@@ -7,6 +7,8 @@ from pathlib import Path
 from leadloop.agent.pipeline import STAGE_NAMES, PassThrough, Stage
 from leadloop.agent.screening import ScreenSettings, ScreenStage
 from leadloop.agent.threads import ThreadSettings, ThreadStage
+from leadloop.agent.understand import UnderstandStage
+from leadloop.brain import Brain, build_brain
 from leadloop.config import LoadedConfig
 from leadloop.mail.parse import ParseCache
 from leadloop.mail.tokens import TokenKeys
@@ -23,11 +25,16 @@ def token_keys(loaded: LoadedConfig, directory: Path | None = None) -> TokenKeys
     return TokenKeys.load_or_create((directory or loaded.state_dir) / TOKEN_KEYS_FILE)
 
 
-def build_stages(loaded: LoadedConfig, keys: TokenKeys) -> list[Stage]:
+def build_stages(loaded: LoadedConfig, keys: TokenKeys, brain: Brain | None = None) -> list[Stage]:
+    """The stages; *brain* is built from ``[brain]`` when not given (the
+    local brain trains here, about a second: build stages once per process)."""
     parses = ParseCache()
     built: dict[str, Stage] = {
         "screen": ScreenStage(ScreenSettings.from_config(loaded, keys, parses)),
         "thread": ThreadStage(ThreadSettings.from_config(loaded, keys, parses)),
+        "understand": UnderstandStage(
+            brain or build_brain(loaded), parses, loaded.settings.pipeline.max_message_size
+        ),
     }
-    # understand, decide and act come with the brain and policy issues.
+    # decide and act come with the policy issue.
     return [built.get(name) or PassThrough(name) for name in STAGE_NAMES]

@@ -10,10 +10,11 @@ __all__ = ["Brain", "Understanding", "build_brain"]
 
 
 def build_brain(loaded: LoadedConfig) -> Brain:
-    """The configured brain, ready (the local one trains here, about a second)."""
+    """The configured brain, ready.  The local one is trained once per
+    process (about a second) and shared: the same data gives the same model."""
     kind = loaded.settings.brain.kind
     if kind == "local":
-        from leadloop.brain.local import LocalBrain
+        from leadloop.brain.local import shared_local_brain
 
-        return LocalBrain()
+        return shared_local_brain()
     raise ValueError(f"unknown brain {kind!r}")  # the config refuses it first

@@ -11,6 +11,7 @@ never read here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -49,6 +50,9 @@ RULE_CONFIDENCE = 0.99
 OBJECTION_THRESHOLD = 0.5
 # Intents that may carry objection types (a reason given with the request).
 _MAY_OBJECT = frozenset({"objection", "unsubscribe", "human_request", "other"})
+_KEEP_OVER_REFERRAL = frozenset(
+    {"referral", "out_of_office", "unsubscribe", "human_request", "other", "purchase_intent"}
+)
 _NO_PURCHASE = frozenset({"unsubscribe", "not_interested", "out_of_office", "other"})
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -301,7 +305,15 @@ class LocalBrain:
         timing = rules.timing(body, today)
         if away and back is not None:
             timing = [Timing(phrase=f"back on {back.isoformat()}", date=back), *timing]
-        referrals = rules.referrals(body) if intent in ("referral", "out_of_office") else []
+        referrals = rules.referrals(body)
+        passed_on = rules.wrong_person(body)
+        if referrals and passed_on and intent not in _KEEP_OVER_REFERRAL:
+            intent = "referral"  # wrong person, talk to X (label rule 3)
+            who = referrals[0].name or referrals[0].email
+            reasons.append(f"rule referral: {passed_on!r} -> {who}")
+            objections = []
+        if intent not in ("referral", "out_of_office"):
+            referrals = []
         return Understanding(
             intent=intent,
             objections=objections,
@@ -335,6 +347,12 @@ class LocalBrain:
                     quote = sentences[int(np.argmax(best))]
                 found[key] = Evidence(status=statuses[key], quote=quote)
         return Bant(**found)
+
+
+@functools.cache
+def shared_local_brain() -> LocalBrain:
+    """The local brain trained from the package's data, once per process."""
+    return LocalBrain()
 
 
 def _unquoted(text: str) -> str:

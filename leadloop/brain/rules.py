@@ -391,6 +391,31 @@ _NOT_NAMES = {
 }  # fmt: skip
 
 
+_WRONG_PERSON = _any(
+    r"\b(?:wrong|not\s+the\s+(?:right|best|correct))\s+(?:person|contact|guy|one|department|team|address)",
+    r"\bnot\s+(?:my|our)\s+(?:area|department|call|decision|remit|responsibility|job)",
+    r"\bnot\s+the\s+(?:decision[- ]maker|one\s+(?:who|to)\s+(?:decides|ask|talk))",
+    r"\b(?:i|we)\s+(?:don['’]t|do\s+not|no\s+longer)\s+(?:handle|deal\s+with|look\s+after|own|work\s+(?:on|in))\b",
+    r"\b(?:better|best)\s+(?:person|contact)\b|\bbetter\s+placed\b|\bbest\s+to\s+(?:talk|speak|reach|contact|write)",
+    r"\b(?:forward(?:ed|ing)?|passed?|passing|cc['’]?(?:ed|ing)?|looping\s+in|copying)\b[^.]{0,40}\b(?:to|in)\b",
+    r"\bnicht\s+(?:zuständig|der\s+richtige|die\s+richtige|mein\s+bereich|der\s+entscheider|die\s+entscheiderin)",
+    r"\b(?:falsche[nr]?|richtige[nr]?)\s+(?:ansprechpartner\w*|person|adresse|abteilung)",
+    r"\bzuständig\s+(?:ist|sind|wäre)\b|\bweitergeleitet\b|\bleite\s+(?:das|ihre|es)\b",
+    r"\bpas\s+(?:la\s+bonne\s+personne|le\s+bon\s+interlocuteur|mon\s+domaine|de\s+mon\s+ressort)",
+    r"\b(?:mauvaise\s+personne|mauvais\s+interlocuteur|transmis|transféré|je\s+transfère|je\s+transmets)\b",
+    r"\bc['’]est\s+(?:plutôt\s+)?(?:mon|ma|notre)\s+(?:collègue|responsable|directeur|directrice)",
+    r"\bno\s+soy\s+(?:la\s+persona|el\s+responsable|la\s+responsable|quien\s+decide)",
+    r"\b(?:persona\s+equivocada|no\s+es\s+mi\s+(?:área|departamento)|(?:le|lo|la)\s+(?:he\s+)?reenviado|reenvío|te\s+paso\s+(?:con|el\s+contacto))",
+    r"\b(?:lo|la|le)\s+(?:lleva|gestiona)\b|\bel\s+responsable\s+es\b",
+)
+
+
+def wrong_person(text: str) -> str | None:
+    """The words saying this is not the right person (or passing it on)."""
+    match = _WRONG_PERSON.search(text)
+    return " ".join(match.group(0).split()) if match else None
+
+
 def referrals(text: str) -> list[Referral]:
     """People the buyer points to: an address, and a name after a hand-over phrase."""
     found: list[Referral] = []

@@ -572,8 +572,8 @@ class Service:
 
         Cadences, windows, caps, segments and the other policy settings apply
         at once; a mailbox added, changed or removed is watched accordingly.
-        The database and the state directory change only with a restart: a
-        reload reports them and keeps running with the old values."""
+        The database, the state directory and the brain change only with a
+        restart: a reload reports them and keeps running with the old values."""
         self._config_seen = _fingerprint(self.loaded.file)
         try:
             loaded = config_module.load(self.loaded.file)
@@ -605,6 +605,7 @@ class Service:
             for name, before, after in (
                 ("database", old.database, new.database),
                 ("service.state_dir", old.service.state_dir, new.service.state_dir),
+                ("brain", old.brain, new.brain),
             )
             if before != after
         ]
@@ -617,7 +618,9 @@ class Service:
             ", ".join(changed),
         )
         service = new.service.model_copy(update={"state_dir": old.service.state_dir})
-        settings = new.model_copy(update={"database": old.database, "service": service})
+        settings = new.model_copy(
+            update={"database": old.database, "service": service, "brain": old.brain}
+        )
         secrets = dict(loaded.secrets)
         if "database" in self.loaded.secrets:
             secrets["database"] = self.loaded.secrets["database"]
