@@ -95,6 +95,28 @@ _HUMAN_REQUEST = _any(
     r"\bponer(?:me|nos)\s+en\s+contacto\s+con\s+(?:una\s+persona|alguien|un\s+(?:comercial|asesor|agente|responsable))",
     r"\brespuestas?\s+automáticas?[^.?!]{0,30}\?",
     r"\bhay\s+una\s+persona\b",
+    r"\b(?:aus|de)\s+(?:fleisch\s+und\s+blut|chair\s+et\s+d['’]os)\b",
+    r"\b(?:speak|talk)\s+(?:to|with)\s+(?:your|the)\s+(?:manager|boss|supervisor|director|head\s+of\s+\w+|ceo|owner|sales\s+(?:director|manager|lead))",
+    r"\b(?:ihren|ihre|den|die|deinen|eure[nr]?)\s+(?:vorgesetzte[n]?|chef|chefin|geschäftsführer\w*|vertriebsleit\w*|teamleit\w*)\s+(?:\w+\s+)?(?:sprechen|verbinden|erreichen)",
+    r"\bmit\s+(?:ihrem|ihrer|dem|der|eurem)\s+(?:vorgesetzten|chef|chefin|geschäftsführer\w*|vertriebsleit\w*|teamleit\w*)\s+(?:\w+\s+)?sprechen",
+    r"\bm['’]entretenir\s+(?:\w+\s+){0,3}?avec\s+(?:votre|un|une|le|la)\b",
+    r"\b(?:parler|discuter)\s+(?:\w+\s+){0,2}?(?:à|avec)\s+(?:votre|le|la)\s+(?:directeur|directrice|responsable|supérieur|manager|chef)",
+    r"\b(?:real|actual|live)\s+(?:rep|representative|salesperson|sales\s+rep|account\s+manager)\b",
+    r"\b(?:is|are)\s+(?:a\s+|any\s+)?(?:human|person|people|humans)\s+(?:involved|behind|reading|writing|actually)",
+    r"\b(?:avec|with|con|mit)\s+(?:une|a|una|einer)\s+(?:vraie\s+|real\s+|echten\s+)?(?:personne|person|persona)\s+(?:qui|who|que|die)\b",
+    r"\bdurchwahl\b|\bdirect\s+(?:line|number|dial)\b|\bnuméro\s+direct\b|\bnúmero\s+directo\b",
+    r"\b(?:hablar|hablo)\s+con\s+(?:el|la|un|una|vuestro|vuestra|su)\s+(?:director\w*|responsable|jefe|jefa|gerente|encargad\w*|supervisor\w*)",
+    r"\b(?:vous\s+êtes|tu\s+es|you\s+are|you['’]re|du\s+bist|sie\s+sind|eres|es\s+usted)\s+(?:just\s+|only\s+|bloß\s+|nur\s+|juste\s+|solo\s+|doch\s+)?(?:un|une|a|an|ein|eine|una)\s+"
+    + _BOT,
+    r"\b(?:suis-je|je\s+suis)\s+en\s+train\s+d['’](?:écrire|échanger|parler|discuter)\s+(?:à|avec)\s+(?:un|une)\s+"
+    + _BOT,
+    r"\b(?:si\s+eres|si\s+es\s+usted|if\s+you\s+are|if\s+you['’]re|si\s+vous\s+êtes|si\s+tu\s+es|wenn\s+du|falls\s+du|wenn\s+sie|falls\s+sie)\s+(?:una?|an?|une?|eine?)\s+"
+    + _BOT
+    + r"[^.?!]{0,25}?[,.;:]?\s*(?:dímelo|dígamelo|tell\s+me|say\s+so|let\s+me\s+know|be\s+honest|dites-le|dis-le|sagen\s+sie|sag)",
+    r"\becht\w*\s+person\b|\bwer\s+schreibt\s+(?:mir|hier|da|uns)\b",
+    r"\b(?:schreib\w*|antwortet|sitzt)\s+(?:mir\s+)?(?:da\s+|hier\s+|dort\s+)?(?:eigentlich\s+|nur\s+|etwa\s+)?(?:eine?\s+)?(?:maschine|ki|bot|roboter|computer|programm)\b",
+    r"\bmit\s+(?:einem|einer)\s+(?:ihrer|deiner|eurer)\s+(?:kolleg\w*|mitarbeiter\w*|berater\w*|vertriebler\w*|experten|techniker\w*)",
+    r"\b(?:ki|automatisiert\w*|maschinell\w*|automatisch\w*)[- ](?:generierte?|erstellte?|geschriebene?)?\s*(?:mail|e-mail|nachricht|text|antwort)\w*[^.!]{0,30}\?",
 )
 
 
@@ -142,11 +164,22 @@ _WHEN = re.compile(
 _WHEN_WINDOW = 16  # "call me in January", "llámame mañana": the time follows at once
 
 
+_NEGATION = re.compile(
+    r"\b(?:not|never|no|nor|don['’]t|nicht|weder|noch|kein\w*|ne|ni|pas|jamais|nunca|tampoco)\b[^.?!]{0,25}$",
+    re.IGNORECASE,
+)
+
+
+def _negated(text: str, match: re.Match[str]) -> bool:
+    """ "Weder per E-Mail noch telefonisch kontaktieren": a refusal, not a request."""
+    return bool(_NEGATION.search(text[max(0, match.start() - 30) : match.start()]))
+
+
 def human_request(text: str) -> str | None:
     """The words asking for a person or whether this is a bot, or None."""
-    match = _HUMAN_REQUEST.search(text)
+    match = next((m for m in _HUMAN_REQUEST.finditer(text) if not _negated(text, m)), None)
     if match is None:
-        match = _CALL_ME.search(text)
+        match = next((m for m in _CALL_ME.finditer(text) if not _negated(text, m)), None)
         # "Call me in January" / "call me tomorrow at 9" names a time: a
         # timing answer or a meeting, not a request for a person.
         if match is None or _WHEN.search(text[match.end() : match.end() + _WHEN_WINDOW]):
@@ -176,6 +209,15 @@ _INJECTION = _any(
     r"\bnew\s+instructions?\s*:",
     r"\bforget\s+(?:everything|all)\s+(?:above|before|you\s+(?:were|have\s+been)\s+told|said)",
     r"\bnew\s+task\s*:",
+    r"\b(?:empfänger|empfaenger|recipient|destinataire|destinatario)\s*:\s*(?:ki|ai|ia)\b",
+    r"\b(?:consigne|instruction|hinweis|anweisung|nota|instrucción|note|notice|message)s?\s+(?:pour|für|para|for|to|an)\s+(?:les\s+|die\s+|los\s+|the\s+|any\s+|all\s+|das\s+|la\s+|el\s+)?(?:\w+\s+)?(?:assistants?|ki-systeme|ki-assistent\w*|sistemas\s+de\s+ia|ai\s+systems?|systèmes\s+d['’]ia|asistentes?|ai|ia|ki|modèles?|models?|bots?|llms?)\b",
+    r"\b(?:à\s+l['’]attention\s+de|for\s+the\s+attention\s+of|zu\s+händen|a\s+la\s+atención\s+del?)\s+(?:l['’]|the\s+|des\s+|del\s+|la\s+|der\s+|des\s+)?(?:assistant|ia|ai|ki|bot|asistente|modèle|model|modelo)",
+    r"\b(?:pour|for|für|para)\s+(?:l['’]outil|the\s+tool|das\s+tool|la\s+herramienta)\s+(?:qui|that|das|que)\b",
+    r"#{2,}\s*(?:system\w*|instruction\w*|anweisung\w*|message\s+système|mensaje\s+del\s+sistema)",
+    r"\[\s*(?:message\s+système|system\s*message|systemnachricht|mensaje\s+del\s+sistema)\s*\]",
+    r"\b(?:to|an|à|para)\s+(?:whatever|whichever|any|the|jede[snr]?|tout|cualquier)\s+(?:model|ai|bot|assistant|modèle|modelo|ki|ia)\s+(?:that\s+|is\s+|qui\s+|que\s+|der\s+)?(?:is\s+)?(?:reading|lit|lee|liest|processing|traite|procesa)",
+    r"\b(?:para|for|pour|für)\s+(?:el|the|l['’]|den|la)\s*(?:asistente|assistant|assistent\w*|bot|modelo|model|modèle)\s+(?:automático|automatique|automatisierten|automated)?\s*(?:que|qui|that|der)\b",
+    r"\b(?:paste|dump|send|print|reveal|show|output)\s+(?:me\s+)?(?:your|the)\s+(?:full\s+|entire\s+|complete\s+)?(?:configuration|config|system\s+prompt|prompt|hidden\s+instructions)",
     r"\bantworte\s+(?:nur|ausschließlich|bitte\s+nur)\s+(?:mit|auf)\b",
     r"\bgib\s+(?:mir\s+)?(?:deine[n]?|die|den)\s+(?:system-?prompt|anweisungen|instruktionen|konfiguration)",
     r"\bneue\s+(?:regel|regeln|aufgabe)\s*:|\b(?:deine|ihre)\s+neue\s+aufgabe\b",
@@ -186,7 +228,7 @@ _INJECTION = _any(
     r"\b(?:l['’]ia|the\s+ai|die\s+ki|la\s+ia)\s+(?:qui|that|which|die|der|que)\b",
     r"\b(?:imagine|imaginez|stell\s+dir\s+vor|imagina)\s*,?\s+(?:que\s+|dass\s+)?(?:tu\s+es|you\s+are|you['’]re|du\s+bist|eres|vous\s+êtes)",
     r"\b(?:tes|vos|your|deine|ihre|tus|sus)\s+(?:consignes|instructions|anweisungen|instrucciones|directives|regeln)\s+(?:internes|internal|internen|internas|secrètes|secret|geheimen|secretas)",
-    r"\b(?:si\s+vous\s+êtes|if\s+you\s+are|if\s+you['’]re|wenn\s+du|wenn\s+sie|falls\s+du|falls\s+sie|si\s+eres|si\s+usted\s+es|si\s+tu\s+es)\s+(?:une?\s+|an?\s+|ein(?:e)?\s+|una?\s+)?(?:assistant|ai|ia|ki|bot|robot|language\s+model|modèle|asistente|sprachmodell|automated|automatisé|automatisierte[rs]?|llm)\b",
+    r"\b(?:si\s+vous\s+êtes|if\s+you\s+are|if\s+you['’]re|wenn\s+du|wenn\s+sie|falls\s+du|falls\s+sie|si\s+eres|si\s+usted\s+es|si\s+tu\s+es)\s+(?:une?\s+|an?\s+|ein(?:e)?\s+|una?\s+)?(?:assistant|ai|ia|ki|bot|robot|language\s+model|modèle|asistente|sprachmodell|automated|automatisé|automatisierte[rs]?|llm)\b[^.?!]{0,80}?\b(?:must|should|are\s+(?:authori[sz]ed|instructed|required|allowed)|may\s+now|devez|dois|êtes\s+autorisé|autorise|debes|tienes\s+que|puedes|musst|darfst|sollst|ignore|ignora|ignorier|apply|applique|aplica|mark|marque|markier|classe|clasifica|set|setz|grant|accorde|concede|reply|respond|answer|write|send|forward|include|add|réponds|répondez|écris|écrivez|envoie|envoyez|ajoute|ajoutez|responde|escribe|envía|añade|incluye|antworte|schreib\w*|sende|schick\w*|füge|leite)\b",
     r"[\"']role[\"']\s*:\s*[\"'](?:system|assistant|developer)",
     r"\b(?:system|admin|administrator|developer)\s+(?:override|mode)\b",
     r"\b(?:as|to|for)\s+(?:the|any|an?)\s+(?:ai|a\.i\.|automated\s+(?:system|agent|assistant)|language\s+model|llm|assistant|bot)s?\s+(?:processing|reading|handling|that\s+(?:reads|processes|handles))",
@@ -207,14 +249,14 @@ _INJECTION = _any(
     r"\b(?:a\s+partir\s+de\s+este\s+momento|desde\s+este\s+momento|à\s+partir\s+de\s+ce\s+moment|from\s+this\s+moment|ab\s+diesem\s+moment|ab\s+sofort)\s*,?\s+(?:eres|tu\s+es|you\s+are|du\s+bist|vous\s+êtes)",
     r"\b(?:tu|your|deine|ta|votre)\s+(?:siguiente|next|nächste|prochaine)\s+(?:respuesta|reply|response|antwort|réponse)\s+(?:debe|must|muss|doit|should|soll)",
     r"\b(?:dis\s+donc|hey|oye|sag\s+mal|écoute)\s*,?\s+(?:l['’])?(?:ia|ai|ki|bot|assistant|asistente)\b",
-    r"\b(?:y\s+tú|and\s+you|et\s+toi|und\s+du)\s*,?\s+(?:ia|ai|ki|bot|assistant|asistente|robot)\b",
+    r"\b(?:y\s+tú|and\s+you|et\s+toi|und\s+du)\s*,?\s+(?:le\s+|la\s+|the\s+|el\s+|das\s+|der\s+)?(?:ia|ai|ki|bot|assistant|asistente|robot|modèle|model|modelo|modell|sprachmodell)\b",
     r"\b(?:jailbreak|developer\s+mode|dan\s+mode|do\s+anything\s+now)\b",
     r"\bpretend\s+(?:to\s+be|you\s+are|that\s+you)",
     r"\bact\s+as\s+(?:if\s+you\s+were\s+)?(?:an?|my)\s+(?!team|partner|reference)",
     r"<\s*/?\s*(?:system|instructions?|prompt|assistant)\s*>",
     r"\[\s*(?:system|instructions?|ai|assistant)\s*(?:note|message|prompt)?\s*\]",
     # German
-    r"\b(?:ignorier\w*|vergiss|vergessen\s+sie|missachte\w*|übergeh\w*)\s+(?:bitte\s+)?(?:alle\s+|die\s+|deine\s+|ihre\s+|sämtliche\s+)*(?:vorherigen|bisherigen|obigen|vorigen|früheren|ursprünglichen)?\s*(?:anweisungen|instruktionen|regeln|vorgaben|befehle|prompts?)",
+    r"\b(?:ignorier\w*|vergiss|vergessen\s+sie|missachte\w*|übergeh\w*)\s+(?:bitte\s+)?(?:alle\s+|die\s+|deine\s+|ihre\s+|sämtliche\s+)*(?:vorherige[n]?|bisherige[n]?|obige[n]?|vorige[n]?|frühere[n]?|ursprüngliche[n]?)?\s*(?:anweisungen|instruktionen|regeln|vorgaben|befehle|prompts?)",
     r"\b(?:du\s+bist|sie\s+sind)\s+(?:ab\s+)?(?:jetzt|sofort|nun|ab\s+sofort)\b",
     r"\bab\s+(?:jetzt|sofort|nun)\s+(?:bist\s+du|antwortest\s+du|sollst\s+du|schreibst\s+du|gibst\s+du)",
     r"\bsystem-?\s*prompt",
@@ -239,7 +281,7 @@ _INJECTION = _any(
     r"\bprompt\s+(?:del\s+|de\s+)?sistema\b",
     r"\b(?:nota|mensaje|instrucción|instrucciones)\s+para\s+(?:la\s+|el\s+)?(?:ia|asistente|bot|inteligencia\s+artificial|modelo)",
     r"\b(?:querida|querido|estimada|estimado|hola)\s+(?:ia|asistente|bot)\b",
-    r"\b(?:ia|asistente|bot)\s*[,:]\s*(?:por\s+favor\s+)?(?:ignora|olvida|escribe|añade|marca|clasifica|responde|ofrece|da|concede|aplica)",
+    r"\b(?:ia|asistente|bot)\s*[,:]\s*(?:por\s+favor\s+)?(?:a\s+partir\s+de\s+ahora,?\s+)?(?:ignora|olvida|escribe|añade|marca|clasifica|responde|ofrece|da|concede|aplica|envía|manda|reenvía|copia)",
     r"\bcomo\s+(?:ia|asistente|modelo\s+de\s+lenguaje),?\s+(?:debes|tienes\s+que|vas\s+a)",
     r"\bnuevas\s+instrucciones\s*:",
 )
@@ -301,7 +343,14 @@ def out_of_office(
 
 
 _STOP = _any(
-    r"\b(?:stop|quit|cease)\s+(?:\w+\s+)?(?:e-?mailing|emails?|writing|contacting|sending|messaging|spamming|mailing|reaching\s+out)",
+    r"\b(?:stop|quit|cease)\s+(?:\w+\s+)?(?:e-?mailing|emails?|writing|contacting|sending|messaging|spamming|mailing|reaching\s+out|follow[- ]?ups?|reminders?|sequences?|messages|outreach|spam)",
+    r"\b(?:refuse|refusons|rechazo|rechazamos|object\s+to)\s+(?:toute?\s+|any\s+|cualquier\s+|all\s+)?(?:prospection|démarchage|sollicitation|marketing|publicidad|prospección|contact|further\s+contact)",
+    r"\b(?:sacadnos|sáquennos|quitadnos|quítennos|borradnos|eliminadnos|elimínennos|bórrennos)\b",
+    r"\b(?:will|möchte|wollen|mag)\s+(?:diese|ihre|eure|keine)\s+(?:mails|e-mails|nachrichten|werbung)\s+nicht\b",
+    r"\bje\s+ne\s+veux\s+(?:plus|pas)\s+(?:de\s+)?(?:vos|ces|tes)\s+(?:mails|courriels|messages|relances)",
+    r"\bno\s+quiero\s+(?:más\s+)?(?:vuestros|sus|estos|tus)\s+(?:correos|mensajes|emails)",
+    r"\bbasta(?:\s+ya)?\b",
+    r"\bno\s+(?:sigan|sigáis|sigas|siga)\s+(?:enviando|mandando|escribiendo)",
     r"\b(?:remove|removing|delete|deleting)\s+me\b",
     r"\b(?:right\s+to\s+(?:erasure|object)|derechos?\s+de\s+(?:supresión|oposición)|droit\s+(?:d['’]opposition|à\s+l['’]effacement)|recht\s+auf\s+(?:löschung|widerspruch)|widerspruch\s+gegen)",
     r"\b(?:sperrliste|robinsonliste|liste\s+robinson|lista\s+robinson|bloctel)\b",
@@ -349,7 +398,9 @@ _STOP = _any(
 # A sentence that asks or points to a link is a sender's footer ("Sie
 # möchten keine E-Mails mehr? Hier abmelden: https://..."), not a request.
 _FOOTER = re.compile(
-    r"https?://|www\.|\b(?:click|klicken|klick|hier|here|cliquez|ici|aquí|haga\s+clic|link|enlace|lien)\b",
+    r"https?://|www\.|\b(?:click|klicken|klick|cliquez|haga\s+clic|pulse)\b"
+    r"|\b(?:hier|here|ici|aquí)\s+(?:abmelden|to\s+unsubscribe|pour\s+vous\s+désinscrire|para\s+darse\s+de\s+baja)"
+    r"|^\s*(?:sie\s+möchten|möchten\s+sie|wollen\s+sie|vous\s+ne\s+(?:souhaitez|voulez)|ne\s+souhaitez-vous|don['’]t\s+want|no\s+longer\s+want|want\s+to\s+(?:stop|unsubscribe)|¿?\s*no\s+(?:desea|quiere))",
     re.IGNORECASE,
 )
 _SENTENCES = re.compile(r"[^.!?\n]+[.!?]*")
@@ -360,7 +411,7 @@ def opt_out(text: str, subject: str = "") -> str | None:
     detector, then the wider phrasings above, sentence by sentence."""
     found = list(detect_opt_out(text, subject))
     for sentence in _SENTENCES.findall(text):
-        if sentence.rstrip().endswith(("?", "¿")) or _FOOTER.search(sentence):
+        if _FOOTER.search(sentence):
             continue
         match = _STOP.search(sentence)
         if match is not None:
