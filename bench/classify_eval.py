@@ -7,14 +7,19 @@ message (p50 and p95; target p50 < 5 ms) and the brain's load time.
 
 The split's SHA-256 is checked before it is read (``leadloop/brain/data/
 eval.sha256``).  The brain comes from ``--config`` (its ``[brain]``
-section) or, without one, the embedded local brain, so every brain is
-scored the same way.
+section); else, when ``LEADLOOP_EVAL_OPENAI_BASE_URL`` is set, the openai
+brain against that endpoint (``LEADLOOP_EVAL_OPENAI_API_KEY``,
+``LEADLOOP_EVAL_OPENAI_MODEL``, default ``gpt-4o-mini``, and
+``LEADLOOP_EVAL_OPENAI_OUTPUT``, default ``json_schema``); else the embedded
+local brain.  Every brain is scored the same way.
 
 Run from the repository root::
 
     python bench/classify_eval.py
     python bench/classify_eval.py --config config.toml --json
     python bench/classify_eval.py --mistakes      # ids and labels of the misses (no text)
+    LEADLOOP_EVAL_OPENAI_BASE_URL=http://127.0.0.1:11434/v1 LEADLOOP_EVAL_OPENAI_MODEL=qwen2.5 \
+        python bench/classify_eval.py
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -43,6 +49,18 @@ def main() -> int:
     brain: Brain
     if args.config:
         brain = build_brain(load(args.config))
+    elif os.environ.get("LEADLOOP_EVAL_OPENAI_BASE_URL"):
+        from leadloop.brain.local import shared_local_brain
+        from leadloop.brain.openai_brain import OpenAIBrain
+        from leadloop.config import OpenAIConfig
+
+        settings = OpenAIConfig(
+            base_url=os.environ["LEADLOOP_EVAL_OPENAI_BASE_URL"],
+            model=os.environ.get("LEADLOOP_EVAL_OPENAI_MODEL", "gpt-4o-mini"),
+            output=os.environ.get("LEADLOOP_EVAL_OPENAI_OUTPUT", "json_schema"),  # type: ignore[arg-type]
+        )
+        key = os.environ.get("LEADLOOP_EVAL_OPENAI_API_KEY")
+        brain = OpenAIBrain(settings, key, shared_local_brain())
     else:
         from leadloop.brain.local import LocalBrain
 

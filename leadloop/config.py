@@ -598,12 +598,61 @@ class CheckoutConfig(_Section):
         return value
 
 
+class OpenAIConfig(_Section):
+    """An OpenAI-compatible endpoint: OpenAI, Azure OpenAI, vLLM, Ollama,
+    llama.cpp server."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    api_key_credential: str | None = None
+    azure_endpoint: str | None = None
+    """Set for Azure OpenAI (then ``azure_deployment`` and ``api_version``)."""
+    azure_deployment: str | None = None
+    api_version: str = "2024-10-21"
+    output: Literal["json_schema", "json_object", "tools", "prompt"] = "json_schema"
+    """How the answer is asked for: not every compatible server takes a JSON schema."""
+    timeout: Duration = timedelta(seconds=30)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """The client's own retries of 429, 5xx and timeouts (honouring Retry-After)."""
+    concurrency: int = Field(default=4, ge=1, le=256)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    daily_token_budget: int = Field(default=0, ge=0)
+    """Tokens per UTC day over all calls; 0 is no limit."""
+    on_budget: Literal["local", "pause"] = "local"
+    """When the budget is spent: understand with the local brain, or pause
+    (mail waits until the next day); an alert is raised either way."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OpenAIConfig:
+        given = [
+            name
+            for name in ("api_key_env", "api_key_file", "api_key_credential")
+            if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        if self.azure_endpoint and not self.azure_deployment:
+            raise ValueError("azure_endpoint needs azure_deployment")
+        return self
+
+    def key_source(self) -> SecretSource:
+        return SecretSource(
+            password_env=self.api_key_env,
+            password_file=self.api_key_file,
+            password_credential=self.api_key_credential,
+        )
+
+
 class BrainConfig(_Section):
     """Which brain understands replies (and, later, writes them)."""
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local", "openai"] = "local"
     """``local``: offline rules plus a model trained at start from the
-    package's labelled replies; needs no network and no key."""
+    package's labelled replies; needs no network and no key.  ``openai``:
+    the ``[brain.openai]`` endpoint, with the local brain as its fallback."""
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
 
 
 class SendingConfig(_Section):
@@ -791,7 +840,10 @@ def loads(text: str, file: Path) -> LoadedConfig:
         try:
             value = read_secret(source)
         except SecretUnavailable as exc:
-            problems.append(problem((*key, exc.field), str(exc)))
+            field = exc.field
+            if key == ("brain", "openai"):
+                field = field.replace("password_", "api_key_")
+            problems.append(problem((*key, field), str(exc)))
             continue
         if value is not None:
             secrets[tomlpos.format_path(key)] = SecretStr(value)
@@ -890,6 +942,8 @@ def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], S
     yield ("database",), settings.database
     yield ("smtp",), settings.smtp
     yield ("tokens",), settings.tokens
+    if settings.brain.kind == "openai":
+        yield ("brain", "openai"), settings.brain.openai.key_source()
     for index, box in enumerate(settings.mailboxes):
         yield ("mailboxes", index), box
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from leadloop.agent.pipeline import STAGE_NAMES, PassThrough, Stage
@@ -25,7 +27,12 @@ def token_keys(loaded: LoadedConfig, directory: Path | None = None) -> TokenKeys
     return TokenKeys.load_or_create((directory or loaded.state_dir) / TOKEN_KEYS_FILE)
 
 
-def build_stages(loaded: LoadedConfig, keys: TokenKeys, brain: Brain | None = None) -> list[Stage]:
+def build_stages(
+    loaded: LoadedConfig,
+    keys: TokenKeys,
+    brain: Brain | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> list[Stage]:
     """The stages; *brain* is built from ``[brain]`` when not given (the
     local brain trains here, about a second: build stages once per process)."""
     parses = ParseCache()
@@ -33,7 +40,7 @@ def build_stages(loaded: LoadedConfig, keys: TokenKeys, brain: Brain | None = No
         "screen": ScreenStage(ScreenSettings.from_config(loaded, keys, parses)),
         "thread": ThreadStage(ThreadSettings.from_config(loaded, keys, parses)),
         "understand": UnderstandStage(
-            brain or build_brain(loaded), parses, loaded.settings.pipeline.max_message_size
+            brain or build_brain(loaded, now), parses, loaded.settings.pipeline.max_message_size
         ),
     }
     # decide and act come with the policy issue.

@@ -10,13 +10,22 @@ is the next stage's business; nothing here acts.
 
 from __future__ import annotations
 
-from leadloop.agent.pipeline import Next, Outcome, StageContext
+from collections.abc import Sequence
+from datetime import UTC, datetime, time, timedelta
+
+from sqlalchemy import func, select
+
+from leadloop.agent.alerts import raise_alert
+from leadloop.agent.pipeline import Next, Outcome, RetryAt, Stage, StageContext
 from leadloop.brain.base import Brain
+from leadloop.brain.openai_brain import BrainPaused
 from leadloop.mail.parse import ParseCache
 from leadloop.storage import repo
-from leadloop.storage.models import InboundMessage
+from leadloop.storage.db import Database
+from leadloop.storage.models import BrainUsage, InboundMessage
 
 BUYER_KINDS = frozenset({"reply", "new_inbound"})
+MIN_WAIT = timedelta(minutes=5)
 
 
 class UnderstandStage:
@@ -32,9 +41,34 @@ class UnderstandStage:
             return Next(reasons=[f"understand: not a buyer's mail ({item.kind}); nothing to read"])
         parsed = self.parses.parse(item.id, item.raw, max_size=self.max_size)
         received = (parsed.date or item.received_at).date()
-        understood = await self.brain.classify(
-            parsed.body_text, subject=parsed.subject, received=received, headers=parsed.headers
-        )
+        now = ctx.clock.now()
+        try:
+            understood = await self.brain.classify(
+                parsed.body_text, subject=parsed.subject, received=received, headers=parsed.headers
+            )
+        except BrainPaused as exc:
+            # The configuration says to pause when the budget is spent: the
+            # mail waits for the next budget day; the operator hears once.
+            if exc.alert:
+                raise_alert(ctx.session, "alert.brain_budget", exc.alert, actor="brain", now=now)
+            return RetryAt(delay=max(exc.until - now, MIN_WAIT), reason=str(exc))
+        usage = understood.usage
+        if usage is not None and usage.calls:
+            ctx.session.add(
+                BrainUsage(
+                    at=now,
+                    brain=usage.brain,
+                    model=usage.model,
+                    lead_id=item.lead_id,
+                    inbound_id=item.id,
+                    calls=usage.calls,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    outcome=usage.outcome,
+                )
+            )
+        if usage is not None and usage.alert:
+            raise_alert(ctx.session, "alert.brain_budget", usage.alert, actor="brain", now=now)
         summary = understood.summary()
         reasons = [
             f"understand ({self.brain.name}): {understood.intent}"
@@ -45,7 +79,7 @@ class UnderstandStage:
             ctx.session,
             "lead.understood",
             actor=f"brain.{self.brain.name}",
-            now=ctx.clock.now(),
+            now=now,
             lead_id=item.lead_id,
             inbound_id=item.id,
             reasons=reasons,
@@ -55,3 +89,21 @@ class UnderstandStage:
             reasons=reasons[:1],
             updates={"result": {"intent": understood.intent, "understanding": summary}},
         )
+
+
+async def seed_budget(db: Database, stages: Sequence[Stage], now: datetime) -> None:
+    """At start: tell a budgeted brain what today's calls already spent."""
+    for stage in stages:
+        brain = getattr(stage, "brain", None)
+        if not isinstance(stage, UnderstandStage) or not hasattr(brain, "set_spent_today"):
+            continue
+        start = datetime.combine(now.date(), time(), UTC)
+        async with db.sessions() as session:
+            total = await session.scalar(
+                select(
+                    func.coalesce(
+                        func.sum(BrainUsage.prompt_tokens + BrainUsage.completion_tokens), 0
+                    )
+                ).where(BrainUsage.at >= start, BrainUsage.brain == stage.brain.name)
+            )
+        brain.set_spent_today(int(total or 0))  # type: ignore[union-attr]

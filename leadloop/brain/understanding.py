@@ -92,6 +92,39 @@ class Timing(_Model):
     date: date
 
 
+class Usage(_Model):
+    """What understanding one reply cost, for the usage table and the budget."""
+
+    brain: str
+    model: str | None = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outcome: str = "ok"
+    """``ok``, ``fallback`` (the local brain answered) or ``budget``."""
+    alert: str | None = None
+    """Set once when something needs an operator (the budget spent)."""
+
+
+class Answer(_Model):
+    """What a model is asked to return: an understanding without the
+    fields leadloop fills itself.  Its JSON schema goes in the request."""
+
+    intent: Intent
+    objections: list[Objection] = Field(default_factory=list)
+    purchase_intent: bool = False
+    interest: Interest = "undetected"
+    signals: list[Signal] = Field(default_factory=list)
+    human_request: bool = False
+    bant: Bant = Field(default_factory=Bant)
+    referrals: list[Referral] = Field(default_factory=list)
+    timing: list[Timing] = Field(default_factory=list)
+    language: Language | None = None
+    sentiment: Sentiment = "neutral"
+    injection: bool = False
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
 class Understanding(_Model):
     intent: Intent
     objections: list[Objection] = Field(default_factory=list)
@@ -108,6 +141,7 @@ class Understanding(_Model):
     confidence: float = Field(ge=0.0, le=1.0)
     reasons: list[str] = Field(default_factory=list)
     """Why: the rules that fired and the model's scores, for the timeline."""
+    usage: Usage | None = None
 
     def summary(self) -> dict[str, object]:
         """The JSON ``leadloop classify`` prints (DESIGN.md's fields first)."""

@@ -31,6 +31,7 @@ from leadloop.agent.due import run_due
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
 from leadloop.agent.stages import build_stages, token_keys
+from leadloop.agent.understand import seed_budget
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
 from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
@@ -241,13 +242,15 @@ class Service:
                 self.db,
                 self.clock,
                 owner=self.owner,
-                stages=self.stages or build_stages(self.loaded, token_keys(self.loaded)),
+                stages=self.stages
+                or build_stages(self.loaded, token_keys(self.loaded), now=self.clock.now),
                 max_attempts=settings.pipeline.max_attempts,
                 retry_backoff=settings.pipeline.retry_backoff,
             )
             # On SQLite this is the only daemon (the instance lock), so every
             # claim left in the database is a crashed one.
             await self.pipeline.recover(all_claims=self.db.is_sqlite)
+            await seed_budget(self.db, self.pipeline.stages, self.clock.now())
             await self._sync_watchers()
             self.sender = build_sender(self.loaded, self.db, self.clock, self.owner)
             await self.sender.recover(all_claims=self.db.is_sqlite)

@@ -273,6 +273,27 @@ class CadenceEnrollment(Base):
     updated_at: Mapped[datetime]
 
 
+class BrainUsage(Base):
+    """Tokens a brain spent understanding (or writing) one message."""
+
+    __tablename__ = "brain_usage"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    brain: Mapped[str] = mapped_column(String(30))
+    model: Mapped[str | None] = mapped_column(String(200))
+    lead_id: Mapped[int | None] = mapped_column(
+        ForeignKey("leads.id", ondelete="SET NULL"), index=True
+    )
+    inbound_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_messages.id", ondelete="SET NULL")
+    )
+    calls: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(30))
+
+
 class UsedToken(Base):
     """Single-use command tokens already spent (``mail/tokens.py``)."""
 
