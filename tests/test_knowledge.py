@@ -1,0 +1,83 @@
+"""Knowledge: documents cut into passages with stable ids, BM25 per language,
+rebuilt when a file changes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from leadloop.knowledge.index import KnowledgeIndex
+from leadloop.knowledge.passages import collect
+
+PRICING = """# FleetTrack pricing
+
+## Starter plan
+Starter costs EUR 9 per vehicle per month and includes live tracking.
+
+## Team plan
+Team costs EUR 15 per vehicle per month and adds route planning.
+
+## Team plan
+Annual contracts get two months free.
+"""
+SECURITY_DE = """# Sicherheit
+
+## Hosting
+FleetTrack speichert alle Daten in Rechenzentren in Frankfurt am Main.
+"""
+FAQ_TXT = """Does FleetTrack work offline?
+The driver app stores positions for 48 hours without signal.
+
+Which trucks are supported?
+Any vehicle with a 12 or 24 volt socket."""
+
+
+def knowledge(tmp_path: Path) -> Path:
+    root = tmp_path / "knowledge"
+    (root / "de").mkdir(parents=True)
+    (root / "pricing.md").write_text(PRICING)
+    (root / "de" / "security.md").write_text(SECURITY_DE)
+    (root / "faq.txt").write_text(FAQ_TXT)
+    return root
+
+
+def test_documents_become_passages_with_stable_ids(tmp_path: Path) -> None:
+    passages = {p.id: p for p in collect([knowledge(tmp_path)], "en")}
+    assert sorted(passages) == [
+        "de/security.md#hosting",
+        "faq.txt#1",
+        "faq.txt#2",
+        "pricing.md#starter-plan",
+        "pricing.md#team-plan",
+        "pricing.md#team-plan-2",
+    ]
+    team = passages["pricing.md#team-plan"]
+    assert team.text.startswith("FleetTrack pricing: Team plan. Team costs EUR 15")
+    assert passages["de/security.md#hosting"].language == "de"
+    assert passages["faq.txt#1"].language == "en"
+
+
+def test_search_finds_the_passage_in_the_buyers_language(tmp_path: Path) -> None:
+    index = KnowledgeIndex([knowledge(tmp_path)])
+    assert index.languages() == ["de", "en"]
+    [best, *_] = index.search("how much does the team plan cost per vehicle?", "en")
+    assert best.passage.id == "pricing.md#team-plan"
+    [german] = index.search("Wo werden die Daten gespeichert?", "de")
+    assert german.passage.id == "de/security.md#hosting"
+    # Stems: "stored" finds "stores".
+    assert index.search("are positions stored offline", "en")[0].passage.id == "faq.txt#1"
+    # A language without documents falls back to the default one.
+    assert index.search("team plan price", "fr")[0].passage.id.startswith("pricing.md")
+    assert index.search("zebra giraffe", "en") == []
+
+
+def test_a_changed_file_is_indexed_again(tmp_path: Path) -> None:
+    root = knowledge(tmp_path)
+    index = KnowledgeIndex([root])
+    assert not index.refresh()
+    path = root / "pricing.md"
+    path.write_text(PRICING + "\n## Enterprise plan\nEnterprise includes an SAP connector.\n")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert index.refresh()
+    assert index.search("SAP connector", "en")[0].passage.id == "pricing.md#enterprise-plan"
