@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from leadloop.knowledge.catalog import CatalogError, load_catalog
 from leadloop.knowledge.index import KnowledgeIndex
 from leadloop.knowledge.passages import collect
 
@@ -81,3 +84,63 @@ def test_a_changed_file_is_indexed_again(tmp_path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert index.refresh()
     assert index.search("SAP connector", "en")[0].passage.id == "pricing.md#enterprise-plan"
+
+
+CATALOG = """
+[[products]]
+name = "FleetTrack Team"
+sku = "ft-team"
+description = "Live tracking and route planning."
+price = 15
+currency = "EUR"
+unit = "per vehicle per month"
+purchase_url = "https://acme.example/buy/team"
+attributes = { tier = "team", fleet = "10-100" }
+
+[[products]]
+name = "FleetTrack"
+sku = "ft-starter"
+description = "Live tracking."
+price = 9
+currency = "EUR"
+unit = "per vehicle per month"
+purchase_url = "https://acme.example/buy/starter"
+"""
+
+
+def test_the_catalog_gives_names_prices_and_links(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(CATALOG)
+    catalog = load_catalog(path)
+    team = catalog.by_sku("ft-team")
+    assert team is not None and team.price_text == "EUR 15.00 per vehicle per month"
+    assert [p.sku for p in catalog.mentioned("Is FleetTrack Team worth it?")] == [
+        "ft-team",
+        "ft-starter",
+    ]
+    assert catalog.urls() == {"https://acme.example/buy/team", "https://acme.example/buy/starter"}
+    [passage, _] = catalog.passages()
+    assert passage.id == "catalog:ft-team" and "EUR 15.00" in passage.text
+
+
+def test_a_csv_catalog_reads_attribute_columns(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(
+        "name,sku,description,price,currency,unit,purchase_url,attr_tier\n"
+        "FleetTrack Team,ft-team,Tracking,15.50,EUR,per vehicle,https://acme.example/buy/team,team\n"
+    )
+    [team] = load_catalog(path).products
+    assert (str(team.price), team.attributes) == ("15.50", {"tier": "team"})
+
+
+def test_catalog_mistakes_name_the_product_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    broken = CATALOG.replace(
+        'purchase_url = "https://acme.example/buy/team"', 'purchase_url = "http://x"'
+    ).replace('price = 9\ncurrency = "EUR"', 'price = 9\ncurrency = "euro"')
+    path.write_text(broken)
+    with pytest.raises(CatalogError) as error:
+        load_catalog(path)
+    message = str(error.value)
+    assert "product ft-team: purchase_url" in message and "https://" in message
+    assert "product ft-starter: currency" in message
