@@ -417,6 +417,13 @@ def _check_template(value: str, extra: frozenset[str] = frozenset()) -> str:
     return value
 
 
+def _unique_step_ids(steps: list[Any]) -> list[Any]:
+    ids = [step.id for step in steps]
+    if len(set(ids)) != len(ids):
+        raise ValueError("step ids must be unique")
+    return steps
+
+
 def _check_delay(value: str) -> str:
     from leadloop.agent.sendtime import Delay
 
@@ -495,10 +502,7 @@ class CadenceConfig(_Section):
     @field_validator("steps")
     @classmethod
     def _unique_ids(cls, steps: list[CadenceStep]) -> list[CadenceStep]:
-        ids = [step.id for step in steps]
-        if len(set(ids)) != len(ids):
-            raise ValueError("step ids must be unique")
-        return steps
+        return _unique_step_ids(steps)
 
     @field_validator("lost_after")
     @classmethod
@@ -557,10 +561,7 @@ class ConversationConfig(_Section):
     @field_validator("steps")
     @classmethod
     def _unique_ids(cls, steps: list[FollowUpStep]) -> list[FollowUpStep]:
-        ids = [step.id for step in steps]
-        if len(set(ids)) != len(ids):
-            raise ValueError("step ids must be unique")
-        return steps
+        return _unique_step_ids(steps)
 
     @field_validator("close_after")
     @classmethod

@@ -24,6 +24,7 @@ import pytest
 from outbox_env import write_config
 from smtp_servers import ScriptedHandler, smtp_server
 from sqlalchemy import select
+from test_cadence import CADENCE
 
 from leadloop.agent import outbox
 from leadloop.agent.lifecycle import create_lead
@@ -32,33 +33,6 @@ from leadloop.config import load
 from leadloop.daemon.service import Service
 from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead
 
-CADENCE = """
-[sending]
-days = "mon-fri"
-hours = "09:00-17:00"
-
-[[cadences]]
-name = "launch"
-product = "FleetTrack"
-lost_after = "5 business days"
-
-[[cadences.steps]]
-id = "intro"
-subject = "{company} and {product}"
-body = "Hi {first_name}, is fleet tracking at {company} still done by hand?"
-
-[[cadences.steps]]
-id = "f1"
-delay = "3 business days"
-subject = "Re: {product}"
-body = "Hi {first_name}, following up."
-
-[[cadences.steps]]
-id = "f2"
-delay = "4 business days"
-subject = "Re: {product}"
-body = "Hi {first_name}, one last note."
-"""
 _ids = itertools.count(1)
 MONDAY_EARLY = datetime(2026, 3, 2, 5, 0, tzinfo=UTC)  # 06:00 in Berlin
 

@@ -828,10 +828,7 @@ class Planner:
                 data={"owner": lead.owner},
             )
             result.closed += 1
-        enrollment.status = "done"
-        enrollment.reason = reason
-        enrollment.next_at = None
-        enrollment.updated_at = now
+        _end(enrollment, "done", reason, now)
 
     def _wait_for_fields(
         self,
@@ -869,10 +866,7 @@ class Planner:
         if can_transition(lead, State.LOST):
             await transition(session, lead, State.LOST, actor=ACTOR, reason=reason, now=now)
             result.lost += 1
-        enrollment.status = "done"
-        enrollment.reason = reason
-        enrollment.next_at = None
-        enrollment.updated_at = now
+        _end(enrollment, "done", reason, now)
 
     def _stop(
         self,
@@ -882,10 +876,7 @@ class Planner:
         now: datetime,
         result: TickResult,
     ) -> None:
-        enrollment.status = "stopped"
-        enrollment.reason = reason
-        enrollment.next_at = None
-        enrollment.updated_at = now
+        _end(enrollment, "stopped", reason, now)
         repo.add_event(
             session,
             "cadence.stopped",
@@ -918,10 +909,7 @@ async def nurture(
     lead.nurture_until = until
     row = await _row_of(session, lead)
     if row is not None and row.status in ("active", "waiting", "ending"):
-        row.status = "stopped"
-        row.reason = f"nurture until {until.date().isoformat()}: {reason}"
-        row.next_at = None
-        row.updated_at = now
+        _end(row, "stopped", f"nurture until {until.date().isoformat()}: {reason}", now)
 
 
 def _link_key(url: str) -> str:
@@ -948,10 +936,7 @@ async def record_click(
     cadence = settings.cadence(row.cadence) if row is not None else None
     if row is not None and cadence is not None and row.status in ("active", "waiting"):
         if cadence.on_click == "stop":
-            row.status = "stopped"
-            row.reason = "the lead clicked a link (on_click = stop)"
-            row.next_at = None
-            row.updated_at = now
+            _end(row, "stopped", "the lead clicked a link (on_click = stop)", now)
             done.append(f"cadence {cadence.name} stopped")
         elif cadence.on_click == "pause" and can_transition(lead, State.PAUSED):
             reason = "the lead clicked a link (on_click = pause): over to the owner"
@@ -1012,10 +997,7 @@ async def record_conversion(
         task.last_error = "cancelled: the lead converted"
     row = await _row_of(session, lead)
     if row is not None and row.status in ("active", "waiting", "ending"):
-        row.status = "done"
-        row.reason = "the lead converted"
-        row.next_at = None
-        row.updated_at = now
+        _end(row, "done", "the lead converted", now)
 
 
 @due.handler(CHECKOUT_TASK)
@@ -1067,6 +1049,14 @@ class _Talks:
     outbound: dict[int, OutboundMessage] = field(default_factory=dict)
     heard: dict[int, datetime] = field(default_factory=dict)
     """Each lead's latest mail of its own (received time)."""
+
+
+def _end(row: CadenceEnrollment, status: str, reason: str, now: datetime) -> None:
+    """A plan ends (``stopped`` or ``done``) with its reason."""
+    row.status = status
+    row.reason = reason
+    row.next_at = None
+    row.updated_at = now
 
 
 def _restart(

@@ -125,20 +125,9 @@ class Answer(_Model):
     confidence: float = Field(ge=0.0, le=1.0)
 
 
-class Understanding(_Model):
-    intent: Intent
-    objections: list[Objection] = Field(default_factory=list)
-    purchase_intent: bool = False
-    interest: Interest = "undetected"
-    signals: list[Signal] = Field(default_factory=list)
-    human_request: bool = False
-    bant: Bant = Field(default_factory=Bant)
-    referrals: list[Referral] = Field(default_factory=list)
-    timing: list[Timing] = Field(default_factory=list)
-    language: Language | None = None
-    sentiment: Sentiment = "neutral"
-    injection: bool = False
-    confidence: float = Field(ge=0.0, le=1.0)
+class Understanding(Answer):
+    """An :class:`Answer` with what leadloop adds: the reasons and the cost."""
+
     reasons: list[str] = Field(default_factory=list)
     """Why: the rules that fired and the model's scores, for the timeline."""
     usage: Usage | None = None
