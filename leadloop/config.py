@@ -646,6 +646,22 @@ class OpenAIConfig(_Section):
         )
 
 
+class KnowledgeConfig(_Section):
+    """What the agent may say: documents, the product catalog, the playbook.
+
+    Paths are relative to this file's folder.  Left out, each is the sample
+    company shipped with leadloop (``examples/`` in the repository)."""
+
+    paths: list[Path] | None = None
+    """Folders (or files) of Markdown and text documents; ``de/``, ``fr/``,
+    ``es/`` subfolders hold those languages."""
+    catalog: Path | None = None
+    playbook: Path | None = None
+    default_language: Literal["en", "de", "fr", "es"] = "en"
+    min_score: float = Field(default=1.0, ge=0.0)
+    """A passage scoring below this (BM25) does not answer a question."""
+
+
 class BrainConfig(_Section):
     """Which brain understands replies (and, later, writes them)."""
 
@@ -700,6 +716,7 @@ class Config(_Section):
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
     brain: BrainConfig = Field(default_factory=BrainConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
 
     @field_validator("mailboxes")
     @classmethod
@@ -848,6 +865,7 @@ def loads(text: str, file: Path) -> LoadedConfig:
             continue
         if value is not None:
             secrets[tomlpos.format_path(key)] = SecretStr(value)
+    problems.extend(problem(path, msg) for path, msg in _missing_knowledge(settings, file.parent))
     try:
         dkim_key = _read_dkim_key(settings.dkim, file.parent)
     except SecretUnavailable as exc:
@@ -937,6 +955,22 @@ def _state_dir(settings: Config, file: Path) -> Path:
         return Path(from_systemd.split(":", 1)[0]).resolve()
     state_dir = settings.service.state_dir.expanduser()
     return state_dir if state_dir.is_absolute() else (file.parent / state_dir).resolve()
+
+
+def _missing_knowledge(settings: Config, folder: Path) -> Iterator[tuple[tomlpos.Path, str]]:
+    knowledge = settings.knowledge
+
+    def missing(path: Path) -> bool:
+        path = path.expanduser()
+        return not (path if path.is_absolute() else folder / path).exists()
+
+    for index, path in enumerate(knowledge.paths or []):
+        if missing(path):
+            yield ("knowledge", "paths", index), f"no such file or folder: {path}"
+    for key in ("catalog", "playbook"):
+        value = getattr(knowledge, key)
+        if value is not None and missing(value):
+            yield ("knowledge", key), f"no such file: {value}"
 
 
 def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], SecretSource]]:

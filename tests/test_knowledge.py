@@ -4,13 +4,16 @@ rebuilt when a file changes."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from leadloop.config import ConfigError, LoadedConfig
 from leadloop.knowledge.catalog import CatalogError, load_catalog
 from leadloop.knowledge.index import KnowledgeIndex
 from leadloop.knowledge.passages import collect
+from leadloop.knowledge.sources import Sources
 
 PRICING = """# FleetTrack pricing
 
@@ -144,3 +147,22 @@ def test_catalog_mistakes_name_the_product_and_field(tmp_path: Path) -> None:
     message = str(error.value)
     assert "product ft-team: purchase_url" in message and "https://" in message
     assert "product ft-starter: currency" in message
+
+
+def test_sources_default_to_the_sample_company(
+    make_config: Callable[[str], LoadedConfig], tmp_path: Path
+) -> None:
+    sources = Sources.from_config(make_config(""))
+    assert sources.playbook.name == "playbook.toml" and sources.catalog.is_file()
+    index = KnowledgeIndex(sources.documents)
+    assert {"en", "de"} <= set(index.languages())
+    root = knowledge(tmp_path)
+    configured = Sources.from_config(make_config(f'[knowledge]\npaths = ["{root}"]\n'))
+    assert configured.documents == [root]
+
+
+def test_a_missing_knowledge_path_is_a_config_error(
+    make_config: Callable[[str], LoadedConfig],
+) -> None:
+    with pytest.raises(ConfigError, match=r"line 3: knowledge.playbook: no such file"):
+        make_config('[knowledge]\ncatalog = "catalog.toml"\nplaybook = "nope.toml"\n')
