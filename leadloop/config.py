@@ -660,6 +660,18 @@ class KnowledgeConfig(_Section):
     default_language: Literal["en", "de", "fr", "es"] = "en"
     min_score: float = Field(default=1.0, ge=0.0)
     """A passage scoring below this (BM25) does not answer a question."""
+    booking_link: str | None = None
+    """What a meeting request gets (https); else the reply proposes times."""
+    allowed_links: list[str] = Field(default_factory=list)
+    """URL prefixes a draft may carry besides the catalog's purchase links and
+    the booking link."""
+
+    @field_validator("booking_link")
+    @classmethod
+    def _https_link(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
 
 
 class BrainConfig(_Section):

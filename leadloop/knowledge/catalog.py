@@ -55,7 +55,7 @@ class Product(BaseModel):
         text = f"{self.name}: {self.description} Price: {self.price_text}."
         if attributes:
             text += f" ({attributes})"
-        return KnowledgePassage(f"catalog:{self.sku}", text, self.name, "catalog", language)
+        return KnowledgePassage(f"catalog:{self.sku}", text, self.name, "catalog", language, text)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ class KnowledgePassage:
     title: str
     source: str
     language: str
+    body: str = ""
+    """The text without the title prefix (what a reply quotes)."""
 
 
 def slug(text: str) -> str:
@@ -62,7 +64,9 @@ def _sections(text: str, source: str, language: str) -> list[KnowledgePassage]:
         if seen[key] > 1:
             key = f"{key}-{seen[key]}"
         prefix = f"{title}: {heading}. " if heading and title else (f"{name}. " if name else "")
-        found.append(KnowledgePassage(f"{source}#{key}", prefix + content, name, source, language))
+        found.append(
+            KnowledgePassage(f"{source}#{key}", prefix + content, name, source, language, content)
+        )
 
     for line in text.splitlines():
         match = _HEADING.match(line)
@@ -81,7 +85,7 @@ def _sections(text: str, source: str, language: str) -> list[KnowledgePassage]:
 def _paragraphs(text: str, source: str, language: str) -> list[KnowledgePassage]:
     blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n", text)]
     return [
-        KnowledgePassage(f"{source}#{n}", block, source, source, language)
+        KnowledgePassage(f"{source}#{n}", block, source, source, language, block)
         for n, block in enumerate((b for b in blocks if b), 1)
     ]
 

@@ -1,0 +1,101 @@
+"""The local writer: a tactic's template filled with quoted, cited passages.
+
+Extractive on purpose: ``{answer}`` is made of sentences taken from the
+retrieved passages (the ones that share most with the buyer's words), each
+remembered with its passage id, so every factual sentence is the approved
+text itself.  Names, prices and links go in through slots that policy fills
+from the catalog and configuration; the template supplies the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from leadloop.brain.drafts import Sentence
+from leadloop.knowledge.index import Hit
+from leadloop.policy.playbook import Playbook, Tactic
+from leadloop.policy.support import _content_stems
+
+MAX_ANSWER_SENTENCES = 2
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-ZÀ-ÖØ-Þ0-9¿¡])")
+
+
+@dataclass(frozen=True)
+class Written:
+    text: str
+    language: str
+    answer: list[Sentence] = field(default_factory=list)
+    """The cited sentences inside the text ({answer})."""
+
+    @property
+    def citations(self) -> list[str]:
+        return sorted({c for s in self.answer for c in s.citations})
+
+
+def passage_sentences(hit: Hit) -> list[str]:
+    """A passage's own sentences (its body, without the title prefix the
+    index adds so that passages stand alone)."""
+    text = hit.passage.body or hit.passage.text
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def answer_from(
+    question: str, hits: Sequence[Hit], language: str, limit: int = MAX_ANSWER_SENTENCES
+) -> list[Sentence]:
+    """The sentences of the retrieved passages that share most with the
+    question, best first, each citing its passage."""
+    asked = _content_stems(question, language)
+    scored: list[tuple[float, int, Sentence]] = []
+    for rank, hit in enumerate(hits):
+        for sentence in passage_sentences(hit):
+            shared = len(asked & _content_stems(sentence, language))
+            if shared:
+                cited = Sentence(text=sentence, citations=[hit.passage.id])
+                scored.append((shared + hit.score / 100, -rank, cited))
+    scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    chosen: list[Sentence] = []
+    for _, _, candidate in scored:
+        if candidate.text not in {s.text for s in chosen}:
+            chosen.append(candidate)
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def write_reply(
+    tactic: Tactic,
+    language: str,
+    *,
+    playbook: Playbook,
+    question: str,
+    hits: Sequence[Hit],
+    slots: dict[str, str],
+    bant_element: str | None,
+) -> Written:
+    """The tactic's template in *language* (else English), filled in."""
+    template, used = tactic.template_for(language)
+    answer = answer_from(question, hits, used) if "{answer}" in template else []
+    values = {
+        **slots,
+        "answer": " ".join(s.text for s in answer),
+        "bant_question": (
+            playbook.bant.questions[bant_element].text(used)
+            if bant_element and bant_element in playbook.bant.questions
+            else ""
+        ),
+    }
+    text = _fill(template, values)
+    return Written(text=text, language=used, answer=answer)
+
+
+_FIELD = re.compile(r"\{([a-z_]+)\}")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Fill ``{name}`` slots (a missing one becomes empty) and tidy the blank
+    lines an empty slot leaves."""
+    text = _FIELD.sub(lambda m: values.get(m.group(1), ""), template)
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
