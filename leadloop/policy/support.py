@@ -33,7 +33,7 @@ _STOPWORDS = {
     "fr": set(STOPWORDS_FRENCH),
     "es": set(STOPWORDS_SPANISH),
 }
-_URL = re.compile(
+URL_PATTERN = re.compile(
     r"https?://[^\s)>\]\"']+|\bwww\.[^\s)>\]\"']+|\b[\w-]+(?:\.[\w-]+)+/[^\s)>\]\"']*", re.I
 )
 _NUMBER = re.compile(
@@ -133,7 +133,7 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(_fold(text))]
 
 
-def _content_stems(text: str, language: str) -> set[str]:
+def content_stems(text: str, language: str) -> set[str]:
     stop = _STOPWORDS.get(language, _STOPWORDS["en"])
     words = [w for w in _words(text) if w not in stop and len(w) > 1]
     return set(_stemmer(language).stemWords(words))
@@ -184,7 +184,7 @@ def _unit_after(text: str, end: int) -> str | None:
     return following.group(0) if following and following.group(0) in _UNITS else None
 
 
-def _amounts(items: list[tuple[float, str | None]]) -> set[tuple[str, float]]:
+def amounts_of(items: list[tuple[float, str | None]]) -> set[tuple[str, float]]:
     """Every quantity as a plain number, with its kind (``%``, ``money``)
     and, for durations, in base units."""
     amounts: set[tuple[str, float]] = set()
@@ -198,7 +198,7 @@ def _amounts(items: list[tuple[float, str | None]]) -> set[tuple[str, float]]:
     return amounts
 
 
-def _number_supported(
+def number_supported(
     value: float, unit: str | None, passage_amounts: set[tuple[str, float]]
 ) -> bool:
     if unit in ("%", "money"):
@@ -234,17 +234,17 @@ def check_sentence(sentence: str, passages: Sequence[str], language: str = "en")
     cited = " ".join(passages)
     folded = _fold(cited)
     # Links: only those written in a cited passage.
-    for url in _URL.findall(sentence):
+    for url in URL_PATTERN.findall(sentence):
         if url.rstrip(".,;").lower() not in folded:
             reasons.append(f"link {url} is in no cited passage")
     # Numbers: each one, or the same duration said otherwise, in a passage.
-    passage_amounts = _amounts(numbers(cited))
+    passage_amounts = amounts_of(numbers(cited))
     for value, unit in numbers(sentence):
-        if not _number_supported(value, unit, passage_amounts):
+        if not number_supported(value, unit, passage_amounts):
             shown = int(value) if value == int(value) else value
             reasons.append(f"the number {shown} is in no cited passage")
     # Names: products, customers, places, standards.
-    stems = _content_stems(cited, language)
+    stems = content_stems(cited, language)
     cited_words = set(_words(cited))
     for entity in _entities(sentence):
         lowered = _fold(entity)
@@ -291,7 +291,7 @@ def check_sentence(sentence: str, passages: Sequence[str], language: str = "en")
             reasons.append(f"'per {unit}' is not the passage's unit")
             break
     # Everything else: the content words must come from the passages.
-    own = _content_stems(sentence, language)
+    own = content_stems(sentence, language)
     overlap = len(own & stems) / len(own) if own else 1.0
     if overlap < OVERLAP_MIN:
         reasons.append(f"only {overlap:.0%} of its words are in the cited passages")
@@ -309,19 +309,19 @@ def _shares_a_number_or_hedged(sentence: str, cited: str) -> bool:
         if hedge in ("planned", "roadmap", "coming", "beta", "geplant") or hedge.startswith(
             ("prévu", "previst", "planead")
         ):
-            tail = _content_stems(cited[match.end() : match.end() + 60], "en")
-            if tail & _content_stems(sentence, "en"):
+            tail = content_stems(cited[match.end() : match.end() + 60], "en")
+            if tail & content_stems(sentence, "en"):
                 return True
     return False
 
 
 def _negated_claim(sentence: str, passages: Sequence[str], language: str) -> bool:
     """The passage sentence this one restates carries a negation it lacks."""
-    own = _content_stems(sentence, language)
+    own = content_stems(sentence, language)
     best, best_overlap = "", 0.0
     for passage in passages:
         for part in re.split(r"(?<=[.!?;])\s+", passage):
-            stems = _content_stems(part, language)
+            stems = content_stems(part, language)
             overlap = len(own & stems) / len(own) if own else 0.0
             if overlap > best_overlap:
                 best, best_overlap = part, overlap

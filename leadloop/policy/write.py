@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from leadloop.brain.drafts import Sentence
 from leadloop.knowledge.index import Hit
 from leadloop.policy.playbook import Playbook, Tactic
-from leadloop.policy.support import _content_stems
+from leadloop.policy.support import content_stems
 
 MAX_ANSWER_SENTENCES = 2
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-ZÀ-ÖØ-Þ0-9¿¡])")
@@ -46,11 +46,11 @@ def answer_from(
 ) -> list[Sentence]:
     """The sentences of the retrieved passages that share most with the
     question, best first, each citing its passage."""
-    asked = _content_stems(question, language)
+    asked = content_stems(question, language)
     scored: list[tuple[float, int, Sentence]] = []
     for rank, hit in enumerate(hits):
         for sentence in passage_sentences(hit):
-            shared = len(asked & _content_stems(sentence, language))
+            shared = len(asked & content_stems(sentence, language))
             if shared:
                 cited = Sentence(text=sentence, citations=[hit.passage.id])
                 scored.append((shared + hit.score / 100, -rank, cited))
