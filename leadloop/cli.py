@@ -40,7 +40,7 @@ def _setup_logging(level: str = "info") -> None:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     # Their INFO lines (each migration step, each job run) drown ours.
-    for noisy in ("alembic", "apscheduler"):
+    for noisy in ("alembic", "apscheduler", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

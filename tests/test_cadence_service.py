@@ -26,12 +26,11 @@ from smtp_servers import ScriptedHandler, smtp_server
 from sqlalchemy import select
 from test_cadence import CADENCE
 
-from leadloop.agent import outbox
 from leadloop.agent.lifecycle import create_lead
 from leadloop.clock import ManualClock
 from leadloop.config import load
 from leadloop.daemon.service import Service
-from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead
+from leadloop.storage.models import CadenceEnrollment, Event, Lead
 
 _ids = itertools.count(1)
 MONDAY_EARLY = datetime(2026, 3, 2, 5, 0, tzinfo=UTC)  # 06:00 in Berlin
@@ -111,27 +110,6 @@ class World:
             )
             assert found is not None
             return found
-
-    async def answer(self, lead: Lead, text: str) -> None:
-        """What the policy stage will do: answer the buyer's latest mail."""
-        service = self.service
-        assert service.db is not None and service.sender is not None
-        async with service.db.transaction() as session:
-            inbound = await session.scalar(
-                select(InboundMessage)
-                .where(InboundMessage.lead_id == lead.id, InboundMessage.kind == "reply")
-                .order_by(InboundMessage.id.desc())
-            )
-            fresh = await session.get(Lead, lead.id)
-            assert inbound is not None and fresh is not None
-            await outbox.queue_reply(
-                session,
-                service.sender.settings,
-                lead=fresh,
-                inbound=inbound,
-                text=text,
-                now=self.clock.now(),
-            )
 
     async def events(self, kind: str, lead: Lead) -> list[Event]:
         assert self.service.db is not None
@@ -253,7 +231,6 @@ async def test_a_cadence_through_the_daemon_reacts_to_each_kind_of_answer(
         assert await w.state(talk) == "conversing"
         [understood] = await w.events("lead.understood", talk)
         assert understood.data["intent"] == "question"
-        await w.answer(talk, "40 trucks are EUR 400 a month.")
         await w.run_until(utc("2026-03-20", 12))
 
         # Everyone's first touch at 09:00 in Berlin (CET), Monday.
@@ -281,8 +258,8 @@ async def test_a_cadence_through_the_daemon_reacts_to_each_kind_of_answer(
         # The reply stopped the cadence; our answer went at once, then the
         # buyer stayed quiet: nudges 3 and 7 business days later, in the thread.
         answer, nudge1, nudge2 = w.sent[talk.email][1:]
-        assert answer.at == utc("2026-03-02", 13)
-        assert [nudge1.at, nudge2.at] == [utc("2026-03-05", 13), utc("2026-03-11", 13)]
+        assert answer.at == utc("2026-03-02", 12)  # policy answered as it read the reply
+        assert [nudge1.at, nudge2.at] == [utc("2026-03-05", 12), utc("2026-03-11", 12)]
         assert nudge1.message["In-Reply-To"] == answer.message["Message-ID"]
         assert nudge2.message["In-Reply-To"] == nudge1.message["Message-ID"]
         assert nudge1.message["Subject"] == answer.message["Subject"]
@@ -294,7 +271,7 @@ async def test_a_cadence_through_the_daemon_reacts_to_each_kind_of_answer(
         assert await w.events("lead.owner_notice", talk)
 
 
-async def test_a_buyer_who_answers_a_nudge_stops_the_nudges(tmp_path: Path) -> None:
+async def test_a_buyer_who_answers_a_nudge_restarts_the_plan(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         talk = await w.lead("talk@northwind.test")
 
@@ -304,22 +281,26 @@ async def test_a_buyer_who_answers_a_nudge_stops_the_nudges(tmp_path: Path) -> N
                 w.deliver(buyer_mail(talk.email, parent, "Does it work with SAP?"))
             if now == utc("2026-03-05", 14):  # after the first nudge
                 parent = w.sent[talk.email][-1].message
-                w.deliver(buyer_mail(talk.email, parent, "Sorry, busy week. Yes, SAP matters."))
+                question = "Thanks. Which SAP systems does the connector support?"
+                w.deliver(buyer_mail(talk.email, parent, question))
 
-        await w.run_until(utc("2026-03-02", 11), buyer)
-        await w.hour()
-        await w.answer(talk, "Yes, it has an SAP connector.")
         await w.run_until(utc("2026-03-20", 12), buyer)
-        assert len(w.sent[talk.email]) == 3  # touch, answer, one nudge
-        assert await w.state(talk) == "conversing"
+        sent = w.sent[talk.email]
+        times = [s.at for s in sent]
+        # touch, answer, first nudge; the buyer answers it; our second answer
+        # (read at 15:00) restarts the plan; the old second nudge never goes.
+        assert times[:4] == [
+            utc("2026-03-02", 8),
+            utc("2026-03-02", 12),
+            utc("2026-03-05", 12),
+            utc("2026-03-05", 15),
+        ]
+        assert utc("2026-03-11", 12) not in times
+        assert times[4:] == [utc("2026-03-10", 15), utc("2026-03-16", 15)]
+        assert sent[4].message["In-Reply-To"] == sent[3].message["Message-ID"]
         enrollment = await w.enrollment(talk)
-        assert enrollment.status == "stopped"
-        assert "buyer replied" in (enrollment.reason or "")
-        # Our next answer starts the plan again.
-        await w.answer(talk, "Good to hear; the connector is included.")
-        await w.run_until(utc("2026-03-26", 12))
-        assert len(w.sent[talk.email]) == 5  # + the answer, + its first nudge
-        assert (await w.enrollment(talk)).cadence == "conversation"
+        assert enrollment.cadence == "conversation"
+        assert await w.state(talk) == "handed_back"  # quiet after the new nudges
 
 
 async def test_reload_moves_next_touches_and_refuses_a_broken_file(

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CORPUS, FIXTURES, REPO
@@ -18,6 +19,11 @@ from leadloop.daemon.replay import replay
 from leadloop.storage.models import InboundMessage
 
 REPLAY = FIXTURES / "replay"
+
+
+def inbound_lines(stdout: str) -> list[dict[str, Any]]:
+    """The lines about inbound mail (outbound lines carry no ``file``)."""
+    return [line for line in map(json.loads, stdout.splitlines()) if "file" in line]
 
 
 def run_replay(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -41,19 +47,25 @@ def test_replay_prints_one_line_per_message() -> None:
     """Each inbound .eml gives one JSON line, in name order, with the documented keys."""
     result = run_replay(REPLAY)
     assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [line for line in printed if "file" in line]
+    replies = [line for line in printed if "file" not in line]
     assert [line["file"] for line in lines] == [
         "01-dana-reply.eml",
         "02-no-message-id.eml",
         "03-bad-date.eml",
     ]
+    # Policy answers both buyers (captured, never sent); the held mail gets nothing.
+    assert [(r["to"], r["kind"]) for r in replies] == [
+        (["dana.reyes@northwind.example"], "reply"),
+        (["li.wei@contoso.example"], "reply"),
+    ]
     for line in lines:
         assert {"file", "message_id", "lead", "kind", "intent", "action", "reasons"} <= set(line)
         assert line["status"] == "done"
-        # Until the policy issue lands, nothing acts.
-        assert line["action"] is None
-    # The buyers' mails are understood; the held one is not read.
+    # The buyers' mails are understood and answered; the held one is not read.
     assert [line["intent"] for line in lines] == ["question", "meeting_request", None]
+    assert [line["action"] for line in lines] == ["reply", "reply", None]
     assert lines[0]["message_id"] == "<CAD1.reply@mail.northwind.example>"
     # The reply threads to our earlier mail in sent/, so to Dana; Li writes fresh as a
     # known lead; the unknown sender cannot be vouched for and is held.
@@ -70,7 +82,7 @@ def test_replay_prints_one_line_per_message() -> None:
 
 def test_replay_clock_follows_dates_never_backwards() -> None:
     """The clock moves to each Date, and by one second when the Date is unusable."""
-    lines = [json.loads(line) for line in run_replay(REPLAY).stdout.splitlines()]
+    lines = inbound_lines(run_replay(REPLAY).stdout)
     assert [line["at"] for line in lines] == [
         "2026-03-03T16:15:00+00:00",
         "2026-03-04T07:00:00+00:00",
@@ -80,9 +92,9 @@ def test_replay_clock_follows_dates_never_backwards() -> None:
 
 def test_replay_synthetic_id_is_stable() -> None:
     """A message without a Message-ID gets the same synthetic id on every replay."""
-    first = run_replay(REPLAY).stdout.splitlines()[1]
-    second = run_replay(REPLAY).stdout.splitlines()[1]
-    assert json.loads(first)["message_id"] == json.loads(second)["message_id"]
+    first = inbound_lines(run_replay(REPLAY).stdout)[1]
+    second = inbound_lines(run_replay(REPLAY).stdout)[1]
+    assert first["message_id"] == second["message_id"]
 
 
 def test_replay_exit_code_when_pipeline_fails(tmp_path: Path) -> None:
@@ -100,7 +112,7 @@ def test_replay_exit_code_when_pipeline_fails(tmp_path: Path) -> None:
     import asyncio
 
     result = asyncio.run(replay(REPLAY, loaded, out, stages=stages))
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lines = inbound_lines(out.getvalue())
     assert result.exit_code == 1
     assert [line["status"] for line in lines] == ["done", "quarantined", "done"]
     assert any("stage bug" in reason for reason in lines[1]["reasons"])
@@ -124,7 +136,7 @@ def test_every_corpus_message_replays(tmp_path: Path) -> None:
         (tmp_path / f"{n:04d}-{Path(name).name}").symlink_to(CORPUS / name)
     result = run_replay(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = inbound_lines(result.stdout)
     assert len(lines) == len(files)
     assert all(line["status"] == "done" for line in lines)
     assert all(line["message_id"].startswith("<") for line in lines)

@@ -304,6 +304,9 @@ class Draft:
     cc: Sequence[str] = ()
     attachments: Sequence[compose.Attachment] = ()
     not_before: datetime | None = None
+    closing: bool = False
+    """A reply that closes the conversation: it may still go out after the
+    lead became ``disqualified`` (the close-politely reply)."""
 
 
 async def queue(
@@ -326,6 +329,7 @@ async def queue(
     not_before: datetime | None = None,
     actor: str = ACTOR,
     render: bool = True,
+    closing: bool = False,
 ) -> OutboundMessage:
     """Put one mail in the outbox, in the caller's transaction (see :func:`queue_many`)."""
     draft = Draft(
@@ -342,6 +346,7 @@ async def queue(
         cc=cc,
         attachments=attachments,
         not_before=not_before,
+        closing=closing,
     )
     [row] = await queue_many(session, settings, [draft], now=now, actor=actor, render=render)
     return row
@@ -477,6 +482,7 @@ def _new_values(
         created_at=now,
         recipient_domain=recipients[0].rsplit("@", 1)[1],
         payload={
+            **({"closing": True} if draft.closing else {}),
             "mailbox": box.name,
             "to": recipients,
             "cc": copies,
@@ -503,9 +509,11 @@ async def queue_reply(
     now: datetime,
     mailbox: str | None = None,
     actor: str = ACTOR,
+    closing: bool = False,
 ) -> OutboundMessage:
     """Answer *inbound*: to the lead's own address only (never the From of
-    the mail, never its CCs), threaded under it."""
+    the mail, never its CCs), threaded under it.  A *closing* reply may
+    still go out once the lead is ``disqualified``."""
     parents = (inbound.headers or {}).get("references", [])
     chain = " ".join(parents).split()
     parent = (inbound.message_id or "").strip()
@@ -527,6 +535,7 @@ async def queue_reply(
         in_reply_to=in_reply_to,
         references=references,
         actor=actor,
+        closing=closing,
     )
 
 
@@ -823,7 +832,9 @@ def _send_rule(
     elif state is State.NURTURE:
         if lead.nurture_until is None or lead.nurture_until > now:
             return "the lead is in nurture and its date is not due"
-    elif state not in SENDING_STATES:
+    elif state not in SENDING_STATES and not (
+        kind is Kind.REPLY and state is State.DISQUALIFIED and row.payload.get("closing")
+    ):
         return f"the lead is {state}"
     if lead.consent == "denied":
         return "the lead was imported without consent"

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import STAGE_NAMES, PassThrough, Stage
+from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
 from leadloop.agent.screening import ScreenSettings, ScreenStage
 from leadloop.agent.threads import ThreadSettings, ThreadStage
 from leadloop.agent.understand import UnderstandStage
@@ -43,5 +45,7 @@ def build_stages(
             brain or build_brain(loaded, now), parses, loaded.settings.pipeline.max_message_size
         ),
     }
-    # decide and act come with the policy issue.
+    policy = Policy.from_config(loaded, OutboxSettings.from_config(loaded, keys))
+    built["decide"] = DecideStage(policy)
+    built["act"] = ActStage(policy)
     return [built.get(name) or PassThrough(name) for name in STAGE_NAMES]

@@ -120,8 +120,7 @@ class _Head:
     """One prediction: its classes and its columns in the stacked weights.
 
     Scores become probabilities by a softmax (a sigmoid for yes/no heads)
-    over the linear scores: a ranking with a scale, not a calibrated
-    probability."""
+    over the linear scores, the intent's temperature-scaled (below)."""
 
     classes: tuple[str, ...]
     start: int  # first column in Model.weights
@@ -137,7 +136,12 @@ class _Head:
         return {c: float(p) for c, p in zip(self.classes, row, strict=True)}
 
 
-_SOFTMAX_SCALE = 3.0
+_SOFTMAX_SCALE = 8.0
+"""Temperature scaling: the scale that minimised the negative log-likelihood of
+the intent over 5-fold cross-validation on the training data (NLL 0.70;
+mean confidence 0.79 against accuracy 0.77; the 16 % of replies below 0.5
+were right 40 % of the time), so ``confidence < 0.5`` means what policy
+takes it to mean."""
 
 
 class Model:

@@ -179,6 +179,7 @@ def decide(
     )
 
 
+_CALM_ENOUGH = frozenset({"objection", "not_interested", "unsubscribe", "out_of_office"})
 _ASKS_BANT = frozenset({"interested", "question", "objection"})
 
 
@@ -204,10 +205,12 @@ def _escalation(understood: Understanding, text: str, playbook: Playbook) -> str
         for term in rules.legal_or_security_terms:
             if term.lower() in lowered:
                 return f"legal_or_security_topic ({term})"
+    # A concern is negative by nature and has its tactic; negative sentiment
+    # escalates the other turns (an angry question, an upset "interested").
     if (
         "negative_sentiment" in conditions
         and understood.sentiment == "negative"
-        and (understood.intent not in ("not_interested", "unsubscribe", "out_of_office"))
+        and understood.intent not in _CALM_ENOUGH
     ):
         return "negative_sentiment"
     if "low_confidence" in conditions and understood.confidence < rules.low_confidence_below:

@@ -1,0 +1,332 @@
+"""The decide and act stages: policy for every understood buyer mail.
+
+``decide`` turns the understanding into a :class:`~leadloop.policy.decide.Decision`
+(recorded as ``lead.decided`` with its reasons); ``act`` carries it out in the
+same transaction: a reply written from the playbook and the knowledge that
+passes the guardrails goes to the outbox (with its citations recorded), or
+the lead is paused and escalated, opted out, handed back, or nurtured.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadloop.agent import outbox
+from leadloop.agent.cadence import nurture
+from leadloop.agent.lifecycle import State, can_transition, transition
+from leadloop.agent.pipeline import Next, Outcome, StageContext
+from leadloop.agent.screening import suppress
+from leadloop.agent.understand import BUYER_KINDS
+from leadloop.brain.understanding import Understanding
+from leadloop.config import LoadedConfig
+from leadloop.knowledge.catalog import Catalog, load_catalog
+from leadloop.knowledge.index import Hit, KnowledgeIndex
+from leadloop.knowledge.sources import Sources
+from leadloop.policy import decide as policy
+from leadloop.policy.guardrails import check_draft
+from leadloop.policy.playbook import Playbook, load_playbook
+from leadloop.policy.write import write_reply
+from leadloop.storage import repo
+from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead
+
+ACTOR = "policy"
+_EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+@dataclass
+class Policy:
+    """Everything policy reads, built once per process (and on reload)."""
+
+    index: KnowledgeIndex
+    catalog: Catalog
+    playbook: Playbook
+    min_score: float
+    booking_link: str | None
+    allowed_links: list[str]
+    cadence_products: dict[str, str]
+    """Cadence name -> the product it sells (its catalog name, when one)."""
+    send: outbox.OutboxSettings
+    sender_names: dict[str, str]
+
+    @classmethod
+    def from_config(cls, loaded: LoadedConfig, send: outbox.OutboxSettings) -> Policy:
+        sources = Sources.from_config(loaded)
+        knowledge = loaded.settings.knowledge
+        return cls(
+            index=KnowledgeIndex(sources.documents, sources.default_language),
+            catalog=load_catalog(sources.catalog),
+            playbook=load_playbook(sources.playbook),
+            min_score=sources.min_score,
+            booking_link=knowledge.booking_link,
+            allowed_links=list(knowledge.allowed_links),
+            cadence_products={c.name: c.product for c in loaded.settings.cadences},
+            send=send,
+            sender_names={b.name: b.display_name for b in loaded.settings.mailboxes},
+        )
+
+    def search(self, text: str, language: str, documents: list[str] | None = None) -> list[Hit]:
+        self.index.refresh()
+        hits = self.index.search(text, language, k=8 if documents else 3)
+        if documents:
+            wanted = [h for h in hits if h.passage.source.split("/")[-1] in documents]
+            hits = wanted or hits
+        return [h for h in hits if h.score >= self.min_score][:3]
+
+
+async def conversation_of(
+    session: AsyncSession, lead: Lead, before: int, policy_: Policy
+) -> policy.Conversation:
+    """The lead's conversation before inbound *before*: BANT so far, unclear
+    replies in a row, the product its cadence sells."""
+    events = (
+        await session.scalars(
+            select(Event)
+            .where(
+                Event.lead_id == lead.id,
+                Event.kind == "lead.understood",
+                Event.inbound_id < before,
+            )
+            .order_by(Event.id)
+        )
+    ).all()
+    bant: dict[str, str] = {}
+    undetected = 0
+    for event in events:
+        for element, evidence in (event.data.get("bant") or {}).items():
+            status = (evidence or {}).get("status", "unknown")
+            if status != "unknown":
+                bant[element] = status
+        undetected = undetected + 1 if event.data.get("intent") == "other" else 0
+    product_sku = None
+    enrollment = await session.scalar(
+        select(CadenceEnrollment).where(CadenceEnrollment.lead_id == lead.id)
+    )
+    if enrollment is not None and enrollment.cadence in policy_.cadence_products:
+        named = policy_.catalog.mentioned(policy_.cadence_products[enrollment.cadence])
+        product_sku = named[0].sku if named else None
+    return policy.Conversation(bant=bant, undetected=undetected, product_sku=product_sku)
+
+
+class DecideStage:
+    name = "decide"
+
+    def __init__(self, policy_: Policy) -> None:
+        self.policy = policy_
+
+    async def process(self, item: InboundMessage, ctx: StageContext) -> Outcome:
+        summary = item.result.get("understanding")
+        if item.kind not in BUYER_KINDS or not summary or item.lead_id is None:
+            return Next(reasons=["decide: nothing understood to decide on"])
+        lead = await ctx.session.get(Lead, item.lead_id)
+        if lead is None:
+            return Next(reasons=["decide: the lead is gone"])
+        understood = Understanding.model_validate(summary)
+        text = str(item.result.get("visible_text") or "")
+        conversation = await conversation_of(ctx.session, lead, item.id, self.policy)
+        language = understood.language or self.policy.playbook.voice.default_language
+        answerable = (
+            bool(self.policy.search(text, language)) if understood.intent == "question" else True
+        )
+        decision = policy.decide(
+            understood,
+            text,
+            conversation,
+            self.policy.playbook,
+            self.policy.catalog,
+            answerable=answerable,
+            knowledge_languages=frozenset(self.policy.index.languages()),
+        )
+        repo.add_event(
+            ctx.session,
+            "lead.decided",
+            actor=ACTOR,
+            now=ctx.clock.now(),
+            lead_id=lead.id,
+            inbound_id=item.id,
+            reasons=decision.reasons,
+            data=decision.as_dict(),
+        )
+        return Next(
+            reasons=[f"decide: {decision.action} ({'; '.join(decision.reasons)})"],
+            updates={"result": {"decision": decision.as_dict(), "action": decision.action}},
+        )
+
+
+class ActStage:
+    name = "act"
+
+    def __init__(self, policy_: Policy) -> None:
+        self.policy = policy_
+
+    async def process(self, item: InboundMessage, ctx: StageContext) -> Outcome:
+        data = item.result.get("decision")
+        if not data or item.lead_id is None:
+            return Next(reasons=["act: nothing to do"])
+        lead = await ctx.session.get(Lead, item.lead_id)
+        if lead is None:
+            return Next(reasons=["act: the lead is gone"])
+        now = ctx.clock.now()
+        session = ctx.session
+        action = data["action"]
+        done: list[str] = []
+        if data.get("record_referrals"):
+            referrals = (item.result.get("understanding") or {}).get("referrals") or []
+            repo.add_event(
+                session,
+                "lead.referral",
+                actor=ACTOR,
+                now=now,
+                lead_id=lead.id,
+                inbound_id=item.id,
+                reasons=[f"the buyer points to {len(referrals)} contact(s) for the owner"],
+                data={"owner": lead.owner, "referrals": referrals},
+            )
+        if action == policy.REPLY:
+            done.append(await self._reply(session, item, lead, data, now))
+        elif action == policy.ESCALATE:
+            done.append(await _escalate(session, lead, item, str(data.get("escalation")), [], now))
+        elif action == policy.OPT_OUT:
+            await suppress(
+                session, lead.email, reason="asked not to be mailed", source="policy", now=now
+            )
+            if can_transition(lead, State.OPTED_OUT):
+                await transition(
+                    session, lead, State.OPTED_OUT, actor=ACTOR, reason="unsubscribe reply", now=now
+                )
+            done.append("opted out; the address is suppressed")
+        elif action == policy.HAND_BACK:
+            reason = "; ".join(data.get("reasons") or ["handed back"])
+            if can_transition(lead, State.HANDED_BACK):
+                await transition(
+                    session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now
+                )
+            repo.add_event(
+                session, "lead.owner_notice", actor=ACTOR, now=now, lead_id=lead.id,
+                inbound_id=item.id, reasons=[reason], data={"owner": lead.owner},
+            )  # fmt: skip
+            done.append("handed back to the owner")
+        elif action == policy.NURTURE and data.get("until"):
+            until = datetime.combine(datetime.fromisoformat(data["until"]).date(), time(), UTC)
+            if can_transition(lead, State.NURTURE) and until > now:
+                await nurture(session, lead, until, actor=ACTOR, reason="timing objection", now=now)
+                done.append(f"nurture until {until.date().isoformat()}")
+        else:
+            done.append("nothing to send")
+        return Next(reasons=[f"act: {'; '.join(done) or action}"])
+
+    async def _reply(
+        self,
+        session: AsyncSession,
+        item: InboundMessage,
+        lead: Lead,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> str:
+        p = self.policy
+        tactic = p.playbook.tactic(data["intent"], data.get("objection"))
+        text = str(item.result.get("visible_text") or "")
+        language = data.get("language") or p.playbook.voice.default_language
+        hits = p.search(text, language, tactic.documents)
+        product = p.catalog.by_sku(data["product"]) if data.get("product") else None
+        box = p.send.box(None)
+        slots = {
+            "first_name": lead.first_name or "",
+            "sender_name": p.sender_names.get(box.name, "") or box.address,
+            "product": product.name if product else "",
+            "purchase_link": product.purchase_url if product else "",
+            "booking_link": p.booking_link or "",
+        }
+        written = write_reply(
+            tactic,
+            language,
+            playbook=p.playbook,
+            question=text,
+            hits=hits,
+            slots=slots,
+            bant_element=data.get("bant_element"),
+        )
+        ours = {lead.email.lower(), *(b.address.lower() for b in p.send.mailboxes.values())}
+        others = [a for a in _EMAIL.findall(written.text) if a.lower() not in ours]
+        check = check_draft(
+            written.text,
+            written.answer,
+            {h.passage.id: h.passage.text for h in hits},
+            catalog=p.catalog,
+            playbook=p.playbook,
+            language=written.language,
+            links=[link for link in (p.booking_link, *p.allowed_links) if link],
+            forbidden=others,
+        )
+        if not check.passed:
+            return await _escalate(session, lead, item, "guardrail_failure", check.failures, now)
+        row = await outbox.queue_reply(
+            session,
+            p.send,
+            lead=lead,
+            inbound=item,
+            text=written.text,
+            now=now,
+            closing=data.get("state") == State.DISQUALIFIED,
+        )
+        repo.add_event(
+            session,
+            "outbound.citations",
+            actor=ACTOR,
+            now=now,
+            lead_id=lead.id,
+            outbound_id=row.id,
+            inbound_id=item.id,
+            reasons=[f"tactic {tactic.tactic}; cites {', '.join(written.citations) or 'nothing'}"],
+            data={
+                "tactic": tactic.tactic,
+                "language": written.language,
+                "sentences": [s.model_dump() for s in written.answer],
+            },
+        )
+        target = data.get("state")
+        if target and can_transition(lead, State(target)):
+            await transition(
+                session,
+                lead,
+                State(target),
+                actor=ACTOR,
+                reason="; ".join(data["reasons"]),
+                now=now,
+            )
+        return f"reply queued (outbound {row.id}, {len(written.answer)} cited sentences)"
+
+
+async def _move(
+    session: AsyncSession, lead: Lead, target: State, reason: str, now: datetime
+) -> None:
+    if can_transition(lead, target):
+        await transition(session, lead, target, actor=ACTOR, reason=reason, now=now)
+
+
+async def _escalate(
+    session: AsyncSession,
+    lead: Lead,
+    item: InboundMessage,
+    condition: str,
+    failures: list[str],
+    now: datetime,
+) -> str:
+    reason = f"escalated: {condition}"
+    await _move(session, lead, State.PAUSED, reason, now)
+    repo.add_event(
+        session,
+        "lead.escalated",
+        actor=ACTOR,
+        now=now,
+        lead_id=lead.id,
+        inbound_id=item.id,
+        reasons=[reason, *failures],
+        data={"condition": condition, "failures": failures, "owner": lead.owner},
+    )
+    return reason
