@@ -3,10 +3,16 @@ Maildir; the stages understand, decide and act; replies reach aiosmtpd."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import datetime
+from pathlib import Path
 
-from test_cadence_service import World, buyer_mail, text_of, utc, world
+from outbox_env import outbox_env
+from test_cadence_service import MONDAY_EARLY, World, buyer_mail, text_of, utc, world
 
+from leadloop.agent.policy_stages import Policy
+from leadloop.clock import ManualClock
 from leadloop.storage.models import Lead
 
 
@@ -65,3 +71,36 @@ async def test_policy_answers_each_kind_of_reply(tmp_path) -> None:  # type: ign
         cited_ids = {c for s in german_cites.data["sentences"] for c in s["citations"]}
         assert cited_ids and all(c.startswith("de/") for c in cited_ids)
         assert german_cites.data["language"] == "de"
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _prepare(folder: Path) -> tuple[str, str]:
+    """Copies of the sample catalog and playbook; the config lines for them."""
+    for name in ("catalog.toml", "playbook.toml"):
+        shutil.copy(SAMPLE / name, folder / name)
+    extra = (
+        f'[knowledge]\npaths = ["{SAMPLE / "knowledge"}"]\n'
+        'catalog = "catalog.toml"\nplaybook = "playbook.toml"\n'
+    )
+    return extra, (folder / "playbook.toml").read_text()
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+async def test_edited_playbook_applies_without_restart(tmp_path: Path) -> None:
+    extra, text = _prepare(tmp_path)
+    async with outbox_env(tmp_path, ManualClock(MONDAY_EARLY), extra) as env:
+        policy = Policy.from_config(env.loaded, env.settings)
+        playbook = tmp_path / "playbook.toml"
+        _write(playbook, text.replace('tactic = "book_the_demo"', 'tactic = "book_it_now"'))
+        policy.refresh()
+        assert policy.playbook.tactic("meeting_request").tactic == "book_it_now"
+        _write(playbook, text + "\n[nonsense]\nkey = 1\n")
+        policy.refresh()  # refused and logged; the edit before stays
+        assert policy.playbook.tactic("meeting_request").tactic == "book_it_now"

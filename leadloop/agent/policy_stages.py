@@ -9,6 +9,7 @@ the lead is paused and escalated, opted out, handed back, or nurtured.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
@@ -25,16 +26,17 @@ from leadloop.agent.screening import suppress
 from leadloop.agent.understand import BUYER_KINDS
 from leadloop.brain.understanding import Understanding
 from leadloop.config import LoadedConfig
-from leadloop.knowledge.catalog import Catalog, load_catalog
+from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
 from leadloop.knowledge.index import Hit, KnowledgeIndex
 from leadloop.knowledge.sources import Sources
 from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
-from leadloop.policy.playbook import Playbook, load_playbook
+from leadloop.policy.playbook import Playbook, PlaybookError, load_playbook
 from leadloop.policy.write import write_reply
 from leadloop.storage import repo
 from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead
 
+log = logging.getLogger("leadloop.agent.policy")
 ACTOR = "policy"
 _EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 
@@ -53,12 +55,14 @@ class Policy:
     """Cadence name -> the product it sells (its catalog name, when one)."""
     send: outbox.OutboxSettings
     sender_names: dict[str, str]
+    sources: Sources | None = None
+    _stamps: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig, send: outbox.OutboxSettings) -> Policy:
         sources = Sources.from_config(loaded)
         knowledge = loaded.settings.knowledge
-        return cls(
+        made = cls(
             index=KnowledgeIndex(sources.documents, sources.default_language),
             catalog=load_catalog(sources.catalog),
             playbook=load_playbook(sources.playbook),
@@ -68,10 +72,40 @@ class Policy:
             cadence_products={c.name: c.product for c in loaded.settings.cadences},
             send=send,
             sender_names={b.name: b.display_name for b in loaded.settings.mailboxes},
+            sources=sources,
         )
+        made._stamps = made._file_stamps()
+        return made
+
+    def _file_stamps(self) -> tuple[int, int]:
+        if self.sources is None:
+            return (0, 0)
+        try:
+            return (
+                self.sources.catalog.stat().st_mtime_ns,
+                self.sources.playbook.stat().st_mtime_ns,
+            )
+        except OSError:
+            return self._stamps
+
+    def refresh(self) -> None:
+        """Pick up edited documents, catalog and playbook.  An edit that does
+        not load is logged and the previous version kept."""
+        self.index.refresh()
+        stamps = self._file_stamps()
+        if stamps == self._stamps or self.sources is None:
+            return
+        try:
+            catalog = load_catalog(self.sources.catalog)
+            playbook = load_playbook(self.sources.playbook)
+        except (CatalogError, PlaybookError) as exc:
+            log.error("knowledge edit refused; the previous version is kept:\n%s", exc)
+        else:
+            self.catalog, self.playbook = catalog, playbook
+            log.info("catalog and playbook reloaded")
+        self._stamps = stamps
 
     def search(self, text: str, language: str, documents: list[str] | None = None) -> list[Hit]:
-        self.index.refresh()
         hits = self.index.search(text, language, k=8 if documents else 3)
         if documents:
             wanted = [h for h in hits if h.passage.source.split("/")[-1] in documents]
@@ -126,6 +160,7 @@ class DecideStage:
         lead = await ctx.session.get(Lead, item.lead_id)
         if lead is None:
             return Next(reasons=["decide: the lead is gone"])
+        self.policy.refresh()
         understood = Understanding.model_validate(summary)
         text = str(item.result.get("visible_text") or "")
         conversation = await conversation_of(ctx.session, lead, item.id, self.policy)

@@ -30,6 +30,7 @@ from leadloop.agent.cadence import CadenceSettings, Planner
 from leadloop.agent.due import run_due
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
+from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
 from leadloop.agent.stages import build_stages, token_keys
 from leadloop.agent.understand import seed_budget
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
@@ -41,6 +42,9 @@ from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
 from leadloop.daemon.ingest import ingest_once
 from leadloop.daemon.sender import Sender, SentFolder
 from leadloop.daemon.tasks import TaskKeeper
+from leadloop.knowledge.catalog import CatalogError
+from leadloop.knowledge.sources import SourceMissing
+from leadloop.policy.playbook import PlaybookError
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
 
@@ -591,6 +595,7 @@ class Service:
             self.sender = build_sender(loaded, self.db, self.clock, self.owner)
             self.planner = build_planner(loaded, self.db, self.sender.settings)
             await old.close()
+            self._reload_policy(loaded)
             moved = await self.planner.replan(self.clock.now())
             if moved:
                 log.info("cadence: %d next touches planned again for the new configuration", moved)
@@ -598,6 +603,21 @@ class Service:
             self._schedule_jobs()
         log.info("configuration reloaded from %s", loaded.file)
         return True
+
+    def _reload_policy(self, loaded: LoadedConfig) -> None:
+        """[knowledge] (documents, catalog, playbook) applies at once."""
+        if self.pipeline is None or self.sender is None:
+            return
+        stages = [s for s in self.pipeline.stages if isinstance(s, DecideStage | ActStage)]
+        if not stages:
+            return
+        try:
+            policy = Policy.from_config(loaded, self.sender.settings)
+        except (SourceMissing, CatalogError, PlaybookError) as exc:
+            log.error("reload: knowledge not applied, the running one is kept:\n%s", exc)
+            return
+        for stage in stages:
+            stage.policy = policy
 
     def _keep_restart_only(self, loaded: LoadedConfig) -> LoadedConfig:
         """The new configuration with the running values of the settings that
