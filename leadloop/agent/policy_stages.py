@@ -34,7 +34,7 @@ from leadloop.policy.guardrails import check_draft
 from leadloop.policy.playbook import Playbook, PlaybookError, load_playbook
 from leadloop.policy.write import write_reply
 from leadloop.storage import repo
-from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead
+from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead, Mailbox
 
 log = logging.getLogger("leadloop.agent.policy")
 ACTOR = "policy"
@@ -269,7 +269,9 @@ class ActStage:
         language = data.get("language") or p.playbook.voice.default_language
         hits = p.search(text, language, tactic.documents)
         product = p.catalog.by_sku(data["product"]) if data.get("product") else None
-        box = p.send.box(None)
+        # Answer from the mailbox the buyer wrote to.
+        inbox = await session.get(Mailbox, item.mailbox_id)
+        box = p.send.box(inbox.name if inbox else None)
         slots = {
             "first_name": lead.first_name or "",
             "sender_name": p.sender_names.get(box.name, "") or box.address,
@@ -307,6 +309,7 @@ class ActStage:
             inbound=item,
             text=written.text,
             now=now,
+            mailbox=box.name,
             closing=data.get("state") == State.DISQUALIFIED,
         )
         repo.add_event(
