@@ -35,7 +35,7 @@ from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import due, outbox
-from leadloop.agent.lifecycle import State, can_transition, transition
+from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.sendtime import (
     Delay,
     SendWindow,
@@ -817,16 +817,7 @@ class Planner:
         nudged = f" and {enrollment.last_step_id}" if enrollment.last_step_id else ""
         reason = f"the conversation went quiet: no reply to our answer{nudged}"
         if can_transition(lead, State.HANDED_BACK):
-            await transition(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
-            repo.add_event(
-                session,
-                "lead.owner_notice",
-                actor=ACTOR,
-                now=now,
-                lead_id=lead.id,
-                reasons=[reason],
-                data={"owner": lead.owner},
-            )
+            await to_owner(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
             result.closed += 1
         _end(enrollment, "done", reason, now)
 
@@ -940,15 +931,8 @@ async def record_click(
             done.append(f"cadence {cadence.name} stopped")
         elif cadence.on_click == "pause" and can_transition(lead, State.PAUSED):
             reason = "the lead clicked a link (on_click = pause): over to the owner"
-            await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
-            repo.add_event(
-                session,
-                "lead.owner_notice",
-                actor=ACTOR,
-                now=now,
-                lead_id=lead.id,
-                reasons=[reason],
-                data={"owner": lead.owner, "url": url},
+            await to_owner(
+                session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now, data={"url": url}
             )
             done.append(f"cadence {cadence.name} paused with the lead")
     checkout = settings.checkout

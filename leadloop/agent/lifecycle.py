@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -218,4 +219,37 @@ async def transition_many(
             ],
         )
         log.info("%d leads state %s -> %s by %s: %s", len(moved), source, target, actor, reason)
+    return moved
+
+
+async def to_owner(
+    session: AsyncSession,
+    lead: Lead,
+    target: State,
+    *,
+    actor: str,
+    reason: str,
+    now: datetime,
+    inbound_id: int | None = None,
+    outbound_id: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """Hand *lead* to its owner: move it to *target* (``handed_back``, or
+    ``paused`` where the table allows no hand-back) when allowed, and record
+    the ``lead.owner_notice`` the owner hears of it by.  Returns whether the
+    state changed."""
+    moved = can_transition(lead, target)
+    if moved:
+        await transition(session, lead, target, actor=actor, reason=reason, now=now)
+    repo.add_event(
+        session,
+        "lead.owner_notice",
+        actor=actor,
+        now=now,
+        lead_id=lead.id,
+        inbound_id=inbound_id,
+        outbound_id=outbound_id,
+        reasons=[reason],
+        data={"owner": lead.owner, **(data or {})},
+    )
     return moved

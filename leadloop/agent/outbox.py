@@ -58,6 +58,7 @@ from leadloop.agent.lifecycle import (
     SENDING_STATES,
     State,
     can_transition,
+    to_owner,
     transition,
     transition_many,
 )
@@ -1305,20 +1306,8 @@ async def _to_owner(
     """Hand the lead to its owner.  The state table allows ``handed_back``
     only from ``conversing``; a lead not yet conversing is paused instead,
     which also silences the agent.  The owner hears of it from the event."""
-    if can_transition(lead, State.HANDED_BACK):
-        await transition(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
-    elif can_transition(lead, State.PAUSED):
-        await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
-    repo.add_event(
-        session,
-        "lead.owner_notice",
-        actor=ACTOR,
-        now=now,
-        lead_id=lead.id,
-        outbound_id=row.id,
-        reasons=[reason],
-        data={"owner": lead.owner},
-    )
+    target = State.HANDED_BACK if can_transition(lead, State.HANDED_BACK) else State.PAUSED
+    await to_owner(session, lead, target, actor=ACTOR, reason=reason, now=now, outbound_id=row.id)
 
 
 async def pause_sender(

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
 from leadloop.agent.cadence import nurture
-from leadloop.agent.lifecycle import State, can_transition, transition
+from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
 from leadloop.agent.understand import BUYER_KINDS
@@ -227,24 +227,16 @@ class ActStage:
         elif action == policy.ESCALATE:
             done.append(await _escalate(session, lead, item, str(data.get("escalation")), [], now))
         elif action == policy.OPT_OUT:
-            await suppress(
-                session, lead.email, reason="asked not to be mailed", source="policy", now=now
-            )
-            if can_transition(lead, State.OPTED_OUT):
-                await transition(
-                    session, lead, State.OPTED_OUT, actor=ACTOR, reason="unsubscribe reply", now=now
-                )
+            reason = "asked not to be mailed"
+            await suppress(session, lead.email, reason=reason, source=ACTOR, now=now)
+            await _move(session, lead, State.OPTED_OUT, "unsubscribe reply", now)
             done.append("opted out; the address is suppressed")
         elif action == policy.HAND_BACK:
             reason = "; ".join(data.get("reasons") or ["handed back"])
-            if can_transition(lead, State.HANDED_BACK):
-                await transition(
-                    session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now
-                )
-            repo.add_event(
-                session, "lead.owner_notice", actor=ACTOR, now=now, lead_id=lead.id,
-                inbound_id=item.id, reasons=[reason], data={"owner": lead.owner},
-            )  # fmt: skip
+            target = State.HANDED_BACK
+            await to_owner(
+                session, lead, target, actor=ACTOR, reason=reason, now=now, inbound_id=item.id
+            )
             done.append("handed back to the owner")
         elif action == policy.NURTURE and data.get("until"):
             until = datetime.combine(datetime.fromisoformat(data["until"]).date(), time(), UTC)
@@ -327,16 +319,8 @@ class ActStage:
                 "sentences": [s.model_dump() for s in written.answer],
             },
         )
-        target = data.get("state")
-        if target and can_transition(lead, State(target)):
-            await transition(
-                session,
-                lead,
-                State(target),
-                actor=ACTOR,
-                reason="; ".join(data["reasons"]),
-                now=now,
-            )
+        if data.get("state"):
+            await _move(session, lead, State(data["state"]), "; ".join(data["reasons"]), now)
         return f"reply queued (outbound {row.id}, {len(written.answer)} cited sentences)"
 
 
