@@ -329,7 +329,6 @@ async def queue(
     attachments: Sequence[compose.Attachment] = (),
     not_before: datetime | None = None,
     actor: str = ACTOR,
-    render: bool = True,
     closing: bool = False,
 ) -> OutboundMessage:
     """Put one mail in the outbox, in the caller's transaction (see :func:`queue_many`)."""
@@ -349,7 +348,7 @@ async def queue(
         not_before=not_before,
         closing=closing,
     )
-    [row] = await queue_many(session, settings, [draft], now=now, actor=actor, render=render)
+    [row] = await queue_many(session, settings, [draft], now=now, actor=actor)
     return row
 
 
@@ -360,15 +359,13 @@ async def queue_many(
     *,
     now: datetime,
     actor: str = ACTOR,
-    render: bool = True,
 ) -> list[OutboundMessage]:
-    """Put mails in the outbox, in the caller's transaction.
+    """Put mails in the outbox, in the caller's transaction, their final
+    bytes made now, with the decision; they never change once made.
 
     The same idempotency key twice returns the first row: a decision
-    replayed after a crash never queues a second mail.  With *render* the
-    final bytes are made now, with the decision; otherwise the sender makes
-    them when it first claims the row.  Either way they never change once
-    made.  Bulk callers that need only the ids use :func:`queue_bulk`.
+    replayed after a crash never queues a second mail.  Bulk callers that
+    need only the ids use :func:`queue_bulk` (bytes made by the sender).
     """
     keys = [d.idempotency_key for d in drafts]
     rows = {
@@ -388,9 +385,8 @@ async def queue_many(
     if made:
         await session.flush()
     for row in made:
-        if render:
-            row.raw = build(settings, row, now)
-            row.envelope_from = envelope_sender(settings, row)
+        row.raw = build(settings, row, now)
+        row.envelope_from = envelope_sender(settings, row)
         reason = f"{row.kind} to {', '.join(row.to_addrs)}"
         _event(session, row, "outbound.queued", [reason], now, actor=actor)
     return [rows[key] for key in keys]
