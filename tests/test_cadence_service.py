@@ -21,6 +21,7 @@ from email.message import EmailMessage, Message
 from pathlib import Path
 
 import pytest
+from imap_servers import ImapServer
 from outbox_env import write_config
 from smtp_servers import ScriptedHandler, smtp_server
 from sqlalchemy import select
@@ -60,6 +61,8 @@ class World:
     maildir: Path
     sent: dict[str, list[Sent]] = field(default_factory=lambda: defaultdict(list))
     seen: int = 0
+    imap: ImapServer | None = None
+    """The IMAP server behind the mailbox, when it is not the Maildir."""
 
     async def hour(self, on_hour: Callable[[datetime], object] | None = None) -> None:
         await self.service.run_once()
@@ -80,6 +83,14 @@ class World:
 
     def deliver(self, raw: bytes) -> None:
         mailbox.Maildir(self.maildir, None, create=True).add(raw)
+
+    async def post(self, raw: bytes) -> None:
+        """Deliver into the mailbox the daemon watches: an IMAP APPEND, as an
+        MTA's delivery agent would, or a Maildir file."""
+        if self.imap is not None:
+            await self.imap.deliver(raw)
+        else:
+            self.deliver(raw)
 
     def times(self, address: str) -> list[datetime]:
         return [s.at for s in self.sent[address]]
@@ -121,20 +132,44 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, extra: str = CADENCE, service: str = "") -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, extra: str = CADENCE, service: str = "", imap: ImapServer | None = None
+) -> AsyncIterator[World]:
+    """The daemon on a Maildir inbox, or on *imap* (a real server on loopback;
+    the caller sets ``LL_TEST_IMAP_PASSWORD``)."""
     clock = ManualClock(MONDAY_EARLY)
     handler = ScriptedHandler()
     async with smtp_server(handler) as port:
-        write_config(tmp_path, port, extra)
+        if imap is None:
+            write_config(tmp_path, port, extra)
+        else:
+            write_config(tmp_path, port, extra, mailbox=imap_mailbox(imap))
         config = tmp_path / "config.toml"
         config.write_text(config.read_text().replace("[service]\n", f"[service]\n{service}"))
         daemon = Service(load(config), clock=clock)
         await daemon.start()
         try:
-            yield World(daemon, clock, handler, tmp_path / "var" / "mail")
+            yield World(daemon, clock, handler, tmp_path / "var" / "mail", imap=imap)
         finally:
             await daemon._close()
             daemon.lock.release()
+
+
+def imap_mailbox(server: ImapServer) -> str:
+    """The mailbox "sales" on an IMAP server instead of the Maildir."""
+    return f"""
+[[mailboxes]]
+name = "sales"
+kind = "imap"
+address = "sales@acme.example"
+display_name = "Acme Sales"
+signature = "Ann Example, Acme"
+host = "{server.host}"
+port = {server.port}
+security = "none"
+username = "{server.user}"
+password_env = "LL_TEST_IMAP_PASSWORD"
+"""
 
 
 def buyer_mail(

@@ -16,6 +16,7 @@ from typing import Any
 from leadloop.brain.understanding import Understanding
 from leadloop.knowledge.catalog import Catalog, Product
 from leadloop.policy.playbook import Playbook
+from leadloop.policy.requests import approved_percents, outside_policy
 
 # What the act stage does with a decision.
 REPLY = "reply"  # write from the tactic and send
@@ -198,6 +199,10 @@ def _escalation(understood: Understanding, text: str, playbook: Playbook) -> str
         return "injection"
     if understood.intent == "human_request":
         return "human_request"
+    # Asks no reply may grant, whatever the brain made of the mail.
+    discount = playbook.tactic("objection", "price").discount
+    if asked := outside_policy(text, approved_percents(discount)):
+        return f"request_outside_policy ({asked})"
     rules = playbook.escalation
     conditions = set(rules.conditions)
     lowered = text.lower()
