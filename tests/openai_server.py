@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +77,8 @@ class ScriptedOpenAI:
     paths: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    route: Callable[[dict[str, Any]], Reply] | None = None
+    """Answers each request from its body (before the script is used)."""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -85,7 +87,10 @@ class ScriptedOpenAI:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            reply = self.script.pop(0) if self.script else self.default
+            if self.route is not None:
+                reply: Reply | None = self.route(body)
+            else:
+                reply = self.script.pop(0) if self.script else self.default
             if reply is None:
                 return web.json_response({"error": {"message": "nothing scripted"}}, status=500)
             if reply.delay:

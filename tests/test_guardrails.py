@@ -8,6 +8,7 @@ import pytest
 
 from leadloop.brain.drafts import Sentence
 from leadloop.knowledge.catalog import load_catalog
+from leadloop.mail.tokens import TokenKeys
 from leadloop.policy.guardrails import check_draft
 from leadloop.policy.playbook import load_playbook
 
@@ -82,3 +83,16 @@ def test_a_citation_of_an_unknown_passage_is_blocked() -> None:
 def test_a_canary_from_another_thread_is_blocked() -> None:
     failures = check(draft("Reference CANARY-7731."), forbidden=["CANARY-7731"])
     assert any("another lead" in f for f in failures)
+
+
+def test_a_conversation_marker_is_blocked() -> None:
+    marker = TokenKeys.from_secret("k1:" + "ab" * 16).canary(42)
+    failures = check(draft(f"As noted in {marker}, we are glad to help."))
+    assert any(f"conversation marker ({marker})" in f for f in failures)
+
+
+def test_an_uncited_statement_is_blocked_and_a_question_is_not() -> None:
+    said = Sentence(text="Acme FleetTrack is the market leader.", citations=[])
+    asked = Sentence(text="How many vehicles do you run?", citations=[])
+    assert any("without citing" in f for f in check(draft(""), [GOOD, said]))
+    assert check(draft(""), [GOOD, asked]) == []

@@ -55,6 +55,6 @@ def test_ordinary_mail_is_not_flagged(text: str) -> None:
 
 
 def test_the_approved_discount_is_read_from_the_rule() -> None:
-    assert APPROVED == {20.0}
+    assert {20.0} == APPROVED
     assert outside_policy("Can we get the 20% off?", APPROVED) is None
     assert outside_policy("Can we get 25% off?", APPROVED) is not None

@@ -24,6 +24,9 @@ from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
 from leadloop.agent.understand import BUYER_KINDS
+from leadloop.brain.base import Writer
+from leadloop.brain.drafts import DraftRejected, Passage, Sentence
+from leadloop.brain.openai_brain import BrainPaused
 from leadloop.brain.understanding import Understanding
 from leadloop.config import LoadedConfig
 from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
@@ -31,14 +34,22 @@ from leadloop.knowledge.index import Hit, KnowledgeIndex
 from leadloop.knowledge.sources import Sources
 from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
-from leadloop.policy.playbook import Playbook, PlaybookError, load_playbook
-from leadloop.policy.write import write_reply
+from leadloop.policy.playbook import Playbook, PlaybookError, Tactic, load_playbook
+from leadloop.policy.write import fill_reply, wants_answer, write_reply
 from leadloop.storage import repo
-from leadloop.storage.models import CadenceEnrollment, Event, InboundMessage, Lead, Mailbox
+from leadloop.storage.models import (
+    BrainUsage,
+    CadenceEnrollment,
+    Event,
+    InboundMessage,
+    Lead,
+    Mailbox,
+)
 
 log = logging.getLogger("leadloop.agent.policy")
 ACTOR = "policy"
 _EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish"}
 
 
 @dataclass
@@ -196,8 +207,11 @@ class DecideStage:
 class ActStage:
     name = "act"
 
-    def __init__(self, policy_: Policy) -> None:
+    def __init__(self, policy_: Policy, writer: Writer | None = None) -> None:
         self.policy = policy_
+        self.writer = writer
+        """The brain that writes answers (the openai brain), else the
+        extractive writer quotes the passages."""
 
     async def process(self, item: InboundMessage, ctx: StageContext) -> Outcome:
         data = item.result.get("decision")
@@ -271,15 +285,31 @@ class ActStage:
             "purchase_link": product.purchase_url if product else "",
             "booking_link": p.booking_link or "",
         }
-        written = write_reply(
-            tactic,
-            language,
-            playbook=p.playbook,
-            question=text,
-            hits=hits,
-            slots=slots,
-            bant_element=data.get("bant_element"),
-        )
+        written, writer = None, "local"
+        if self.writer is not None and hits and wants_answer(tactic, language):
+            answer = await self._drafted(session, item, lead, tactic, language, text, hits, now)
+            if answer is not None:
+                written, writer = (
+                    fill_reply(
+                        tactic,
+                        language,
+                        playbook=p.playbook,
+                        answer=answer,
+                        slots=slots,
+                        bant_element=data.get("bant_element"),
+                    ),
+                    self.writer.name,
+                )
+        if written is None:
+            written = write_reply(
+                tactic,
+                language,
+                playbook=p.playbook,
+                question=text,
+                hits=hits,
+                slots=slots,
+                bant_element=data.get("bant_element"),
+            )
         ours = {lead.email.lower(), *(b.address.lower() for b in p.send.mailboxes.values())}
         others = [a for a in _EMAIL.findall(written.text) if a.lower() not in ours]
         check = check_draft(
@@ -312,9 +342,13 @@ class ActStage:
             lead_id=lead.id,
             outbound_id=row.id,
             inbound_id=item.id,
-            reasons=[f"tactic {tactic.tactic}; cites {', '.join(written.citations) or 'nothing'}"],
+            reasons=[
+                f"tactic {tactic.tactic}; written by the {writer} writer; "
+                f"cites {', '.join(written.citations) or 'nothing'}"
+            ],
             data={
                 "tactic": tactic.tactic,
+                "writer": writer,
                 "language": written.language,
                 "sentences": [s.model_dump() for s in written.answer],
             },
@@ -322,6 +356,53 @@ class ActStage:
         if data.get("state"):
             await _move(session, lead, State(data["state"]), "; ".join(data["reasons"]), now)
         return f"reply queued (outbound {row.id}, {len(written.answer)} cited sentences)"
+
+    async def _drafted(
+        self,
+        session: AsyncSession,
+        item: InboundMessage,
+        lead: Lead,
+        tactic: Tactic,
+        language: str,
+        text: str,
+        hits: list[Hit],
+        now: datetime,
+    ) -> list[Sentence] | None:
+        """The writing brain's answer from *hits*, or None (logged) to let
+        the extractive writer quote them instead."""
+        assert self.writer is not None
+        task = (
+            f"{tactic.instructions}\n\nWrite only the answer part of the reply, in "
+            f"{LANGUAGE_NAMES.get(language, language)}: one to three sentences that answer the "
+            "buyer from the passages. No greeting, no sign-off, no question: the template "
+            "adds them, with the next question, any link and any price."
+        )
+        passages = [Passage(id=h.passage.id, text=h.passage.body or h.passage.text) for h in hits]
+        try:
+            draft, usage = await self.writer.write(
+                task=task,
+                passages=passages,
+                thread=text,
+                reference=self.policy.send.keys.canary(lead.id),
+            )
+        except (DraftRejected, BrainPaused) as exc:
+            log.warning("lead %s: the %s writer gave no draft (%s)", lead.id, self.writer.name, exc)
+            return None
+        if usage.calls:
+            session.add(
+                BrainUsage(
+                    at=now,
+                    brain=usage.brain,
+                    model=usage.model,
+                    lead_id=lead.id,
+                    inbound_id=item.id,
+                    calls=usage.calls,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    outcome=usage.outcome,
+                )
+            )
+        return list(draft.sentences)
 
 
 async def _move(

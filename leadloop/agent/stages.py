@@ -13,6 +13,7 @@ from leadloop.agent.screening import ScreenSettings, ScreenStage
 from leadloop.agent.threads import ThreadSettings, ThreadStage
 from leadloop.agent.understand import UnderstandStage
 from leadloop.brain import Brain, build_brain
+from leadloop.brain.base import Writer
 from leadloop.config import LoadedConfig
 from leadloop.mail.parse import ParseCache
 from leadloop.mail.tokens import TokenKeys
@@ -38,14 +39,14 @@ def build_stages(
     """The stages; *brain* is built from ``[brain]`` when not given (the
     local brain trains here, about a second: build stages once per process)."""
     parses = ParseCache()
+    brain = brain or build_brain(loaded, now)
     built: dict[str, Stage] = {
         "screen": ScreenStage(ScreenSettings.from_config(loaded, keys, parses)),
         "thread": ThreadStage(ThreadSettings.from_config(loaded, keys, parses)),
-        "understand": UnderstandStage(
-            brain or build_brain(loaded, now), parses, loaded.settings.pipeline.max_message_size
-        ),
+        "understand": UnderstandStage(brain, parses, loaded.settings.pipeline.max_message_size),
     }
     policy = Policy.from_config(loaded, OutboxSettings.from_config(loaded, keys))
     built["decide"] = DecideStage(policy)
-    built["act"] = ActStage(policy)
+    # A brain that writes (openai) writes the answers; else policy quotes.
+    built["act"] = ActStage(policy, brain if isinstance(brain, Writer) else None)
     return [built.get(name) or PassThrough(name) for name in STAGE_NAMES]

@@ -101,7 +101,7 @@ Say nothing the passages do not support. Write no prices, product names, links o
 promises that are not in a passage. Answer with one JSON object:
 {"sentences": [{"text": "...", "citations": ["passage id", ...]}, ...]}
 Every sentence that states a fact cites the passages that support it; greetings and
-questions cite none.
+questions cite none. "conversation_ref" is an internal reference: never write it.
 """
 
 
@@ -183,11 +183,13 @@ class OpenAIBrain:
 
     # -- write -----------------------------------------------------------------------
     async def write(
-        self, *, task: str, passages: Sequence[Passage], thread: str = ""
+        self, *, task: str, passages: Sequence[Passage], thread: str = "", reference: str = ""
     ) -> tuple[Draft, Usage]:
         """A draft for *task* from *passages* only, every citation among
         their ids; asked once more if the answer cannot be used, then
-        :class:`DraftRejected`.  *thread* is the buyer's mail, sent as data."""
+        :class:`DraftRejected`.  *thread* is the buyer's mail, sent as data;
+        *reference* the conversation's marker (never to be written: the
+        guardrails refuse a draft that carries one)."""
         if self._over_budget():
             raise DraftRejected("the openai brain's daily token budget is spent")
         data = {
@@ -195,6 +197,8 @@ class OpenAIBrain:
             "passages": [{"id": p.id, "text": p.text} for p in passages],
             "untrusted_thread": strip_invisible(thread)[:MAX_TEXT],
         }
+        if reference:
+            data["conversation_ref"] = reference
         request = self._shaped(
             WRITE_SYSTEM, json.dumps(data, ensure_ascii=False), Draft.model_json_schema()
         )

@@ -39,6 +39,8 @@ _KEY_ID = re.compile(r"^[a-z0-9]{1,8}$")
 # The reply token: "LL-<thread id>-<key id>-<mac>", in our footer and, where
 # the mailbox's server supports subaddressing, in Reply-To as local+TOKEN@.
 REPLY_TOKEN = re.compile(r"\bLL-(\d{1,12})-([a-z0-9]{1,8})-([a-z2-7]{12})\b", re.IGNORECASE)
+# A conversation marker (TokenKeys.canary): never in anything we send.
+CANARY = re.compile(r"\bLLC-[a-z2-7]{12}\b", re.IGNORECASE)
 
 
 _PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
@@ -114,6 +116,12 @@ class TokenKeys:
             if candidate_id == key_id.lower():
                 return hmac.compare_digest(self._mac(key, purpose, payload), mac.lower())
         return False
+
+    def canary(self, lead_id: int) -> str:
+        """The lead's conversation marker, ``LLC-<mac>``: handed to a model
+        with the lead's thread and never written to anyone, so a draft that
+        carries one (this lead's or another's) has leaked a conversation."""
+        return f"LLC-{self.sign('canary', str(lead_id))[1]}"
 
     def reply_token(self, thread_id: int) -> str:
         key_id, mac = self.sign("reply", str(thread_id))

@@ -6,8 +6,9 @@
 - links only from the catalog, the booking link and the allowlist;
 - no banned phrase; no discount or free offer the playbook or a cited
   passage does not make;
-- nothing of another lead's conversation (their address, name, or a canary
-  string planted in their thread).
+- every sentence of the answer that states something cites a passage;
+- nothing of another lead's conversation (their address, or a conversation
+  marker: ``TokenKeys.canary``, handed to a model with its own thread).
 
 A draft that fails is not sent: the act stage pauses the lead and escalates
 with these reasons.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from leadloop.brain.drafts import Sentence
 from leadloop.knowledge.catalog import Catalog
+from leadloop.mail.tokens import CANARY
 from leadloop.policy.playbook import Playbook
 from leadloop.policy.support import (
     URL_PATTERN,
@@ -64,6 +66,10 @@ def check_draft(
     failures: list[str] = []
     cited_texts: list[str] = []
     for sentence in answer:
+        if not sentence.citations:
+            if not sentence.text.rstrip().endswith("?"):
+                failures.append(f"states something without citing a passage: {sentence.text!r}")
+            continue
         unknown = [c for c in sentence.citations if c not in passages]
         if unknown:
             failures.append(f"cites passages it was not given: {', '.join(unknown)}")
@@ -100,7 +106,10 @@ def check_draft(
         if offer.lower() not in approved:
             failures.append(f"offers {offer!r}, which the playbook does not approve")
             break
-    # Another lead's conversation.
+    # Another lead's conversation: a conversation marker (any lead's: a model
+    # is handed its own lead's and must never write it), or their data.
+    for marker in CANARY.findall(text):
+        failures.append(f"carries a conversation marker ({marker})")
     for marker in forbidden:
         if marker and marker.lower() in lowered:
             failures.append(f"contains another lead's data ({marker!r})")

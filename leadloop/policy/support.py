@@ -50,7 +50,7 @@ URL_PATTERN = re.compile(
     re.I,
 )
 _NUMBER = re.compile(
-    r"(?<![\w.])\d{1,3}(?:[ .,\u00a0\u202f]\d{3})+(?:[.,]\d+)?(?![\w])|\d+(?:[.,]\d+)?"
+    r"(?<![\w.])\d{1,3}(?:[ .,\u00a0\u202f]\d{3})+(?:[.,]\d+)?(?![\w])|(?<![^\W\d_])\d+(?:[.,]\d+)?"
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", re.UNICODE)
 # Durations said another way: 72 hours are three days.

@@ -74,9 +74,32 @@ def write_reply(
     slots: dict[str, str],
     bant_element: str | None,
 ) -> Written:
-    """The tactic's template in *language* (else English), filled in."""
+    """The tactic's template in *language* (else English), filled in with
+    sentences quoted from *hits*."""
     template, used = tactic.template_for(language)
     answer = answer_from(question, hits, used) if "{answer}" in template else []
+    return fill_reply(
+        tactic, used, playbook=playbook, answer=answer, slots=slots, bant_element=bant_element
+    )
+
+
+def wants_answer(tactic: Tactic, language: str) -> bool:
+    """Whether the tactic's template (in *language*) has an ``{answer}``."""
+    return "{answer}" in tactic.template_for(language)[0]
+
+
+def fill_reply(
+    tactic: Tactic,
+    language: str,
+    *,
+    playbook: Playbook,
+    answer: Sequence[Sentence],
+    slots: dict[str, str],
+    bant_element: str | None,
+) -> Written:
+    """The tactic's template in *language* (else English) with *answer*
+    (cited sentences, from this writer or a brain's) and the slots."""
+    template, used = tactic.template_for(language)
     values = {
         **slots,
         "answer": " ".join(s.text for s in answer),
@@ -87,7 +110,7 @@ def write_reply(
         ),
     }
     text = _fill(template, values)
-    return Written(text=text, language=used, answer=answer)
+    return Written(text=text, language=used, answer=list(answer))
 
 
 _FIELD = re.compile(r"\{([a-z_]+)\}")
