@@ -405,6 +405,8 @@ MERGE_FIELDS = frozenset(
     }
 )
 MERGE_FIELD_PATTERN = re.compile(r"\{([^{}]*)\}")
+INSIGHT = "insight"
+"""A cadence body's slot for sentences written from knowledge (not a lead field)."""
 
 
 def _check_template(value: str, extra: frozenset[str] = frozenset()) -> str:
@@ -438,18 +440,27 @@ class CadenceStep(_Section):
     """After the previous touch went out: "2d", "36h", "3 business days"."""
     subject: str
     body: str
+    """May hold ``{insight}``: one or two cited sentences from the knowledge,
+    chosen for the lead and the step's ``angle``, written when the touch is."""
+    angle: Literal["value", "proof", "objection", "last_call"] | None = None
+    """What the touch's ``{insight}`` draws on (the playbook's ``[touches]``)."""
     instructions: str = ""
-    """For the brain (a later issue writes the mail from them)."""
+    """For a brain that writes the ``{insight}``: added to the angle's."""
 
     @field_validator("delay")
     @classmethod
     def _delay(cls, value: str) -> str:
         return _check_delay(value)
 
-    @field_validator("subject", "body")
+    @field_validator("subject")
     @classmethod
     def _template(cls, value: str) -> str:
         return _check_template(value)
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: str) -> str:
+        return _check_template(value, frozenset({INSIGHT}))
 
 
 class Segment(_Section):

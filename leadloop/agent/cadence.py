@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, bindparam, exists, func, or_, select, update
@@ -45,6 +46,7 @@ from leadloop.agent.sendtime import (
     plan_touch,
 )
 from leadloop.config import (
+    INSIGHT,
     MERGE_FIELD_PATTERN,
     CadenceConfig,
     CadenceStep,
@@ -90,6 +92,40 @@ NOT_SENT = frozenset(
 
 Plan = CadenceConfig | ConversationConfig
 Step = CadenceStep | FollowUpStep
+
+
+@dataclass(frozen=True)
+class Insight:
+    """What a touch's ``{insight}`` says: sentences from the knowledge, each
+    citing its passage, and what the guardrails found wrong with them."""
+
+    text: str
+    sentences: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    writer: str = "local"
+    angle: str = "value"
+
+
+class TouchWriter(Protocol):
+    """Writes a touch's ``{insight}`` (policy's act stage does)."""
+
+    async def touch_insight(
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        account: Account | None,
+        step: CadenceStep,
+        product: str,
+        now: datetime,
+    ) -> Insight: ...
+
+
+def with_insight(body: str, text: str) -> str:
+    """*body* with its ``{insight}`` slot filled (braces in *text* kept as
+    text); an empty insight leaves no blank paragraph behind."""
+    filled = body.replace("{" + INSIGHT + "}", text.replace("{", "{{").replace("}", "}}"))
+    filled = re.sub(r"[ \t]+\n", "\n", filled)
+    return re.sub(r"\n{3,}", "\n\n", filled).strip()
 
 
 @dataclass(frozen=True)
@@ -229,10 +265,18 @@ def matches(cadence: CadenceConfig, lead: Lead, now: datetime) -> bool:
 
 
 class Planner:
-    def __init__(self, db: Database, settings: CadenceSettings, send: outbox.OutboxSettings):
+    def __init__(
+        self,
+        db: Database,
+        settings: CadenceSettings,
+        send: outbox.OutboxSettings,
+        writer: TouchWriter | None = None,
+    ):
         self.db = db
         self.settings = settings
         self.send = send
+        self.writer = writer
+        """Writes ``{insight}``; without one the slot stays empty."""
 
     def zone_of(self, lead: Lead) -> ZoneInfo:
         return lead_zone(lead.timezone, lead.country, self.settings.default_zone)
@@ -745,10 +789,38 @@ class Planner:
         assert isinstance(step, CadenceStep)
         try:
             subject = render(step.subject, fields)
-            body = render(step.body, fields)
+            body = render(step.body.replace("{" + INSIGHT + "}", ""), fields)
         except MissingFields as exc:
             self._wait_for_fields(session, enrollment, lead, step.id, exc, now)
             return
+        if INSIGHT in MERGE_FIELD_PATTERN.findall(step.body):
+            insight = None
+            if self.writer is not None:
+                insight = await self.writer.touch_insight(
+                    session, lead, account, step, cadence.product, now
+                )
+            if insight is not None and insight.failures:
+                await self._hold_for_review(session, enrollment, lead, step, insight, now)
+                return
+            body = render(with_insight(step.body, insight.text if insight else ""), fields)
+            if insight is not None and insight.sentences:
+                repo.add_event(
+                    session,
+                    "lead.touch_written",
+                    actor=ACTOR,
+                    now=now,
+                    lead_id=lead.id,
+                    reasons=[
+                        f"step {step.id}: {insight.angle} angle, written by the {insight.writer} "
+                        f"writer; cites {', '.join(_cited(insight))}"
+                    ],
+                    data={
+                        "step": step.id,
+                        "angle": insight.angle,
+                        "writer": insight.writer,
+                        "sentences": insight.sentences,
+                    },
+                )
         draft = outbox.Draft(
             kind=outbox.Kind.TOUCH,
             to=[lead.email],
@@ -759,6 +831,39 @@ class Planner:
             lead=lead,
         )
         touches.append((enrollment, step.id, draft))
+
+    async def _hold_for_review(
+        self,
+        session: AsyncSession,
+        enrollment: CadenceEnrollment,
+        lead: Lead,
+        step: CadenceStep,
+        insight: Insight,
+        now: datetime,
+    ) -> None:
+        """A touch that failed the guardrails is not sent: the lead is paused
+        and escalated with the reasons; the plan keeps its place."""
+        reason = "escalated: guardrail_failure"
+        if can_transition(lead, State.PAUSED):
+            await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
+        repo.add_event(
+            session,
+            "lead.escalated",
+            actor=ACTOR,
+            now=now,
+            lead_id=lead.id,
+            reasons=[reason, f"touch {step.id}", *insight.failures],
+            data={
+                "condition": "guardrail_failure",
+                "failures": insight.failures,
+                "owner": lead.owner,
+                "step": step.id,
+            },
+        )
+        enrollment.next_at = next_window_start(
+            now + PAUSED_RECHECK, self.zone_of(lead), lead.country, self.settings.window
+        )
+        enrollment.updated_at = now
 
     async def _nudge(
         self,
@@ -1035,6 +1140,10 @@ class _Talks:
     """Each lead's latest mail of its own (received time)."""
 
 
+def _cited(insight: Insight) -> list[str]:
+    return sorted({c for s in insight.sentences for c in s.get("citations", ())}) or ["nothing"]
+
+
 def _end(row: CadenceEnrollment, status: str, reason: str, now: datetime) -> None:
     """A plan ends (``stopped`` or ``done``) with its reason."""
     row.status = status
@@ -1156,7 +1265,11 @@ async def preview(planner: Planner, session: AsyncSession, lead: Lead, now: date
     try:
         # A conversation nudge answers in the thread: "Re: " + its subject.
         result.subject = render(step.subject, fields) if isinstance(step, CadenceStep) else None
-        result.body = render(step.body, fields)
+        body = step.body
+        if INSIGHT in MERGE_FIELD_PATTERN.findall(body) and isinstance(step, CadenceStep):
+            angle = step.angle or "value"
+            body = with_insight(body, f"[{angle}: cited sentences from knowledge, at send time]")
+        result.body = render(body, fields)
     except MissingFields as exc:
         result.missing = exc.names
     previous = at

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
-from leadloop.agent.cadence import nurture
+from leadloop.agent.cadence import Insight, nurture
 from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
@@ -28,22 +28,30 @@ from leadloop.brain.base import Writer
 from leadloop.brain.drafts import DraftRejected, Passage, Sentence
 from leadloop.brain.openai_brain import BrainPaused
 from leadloop.brain.understanding import Understanding
-from leadloop.config import LoadedConfig
+from leadloop.config import CadenceStep, LoadedConfig
 from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
 from leadloop.knowledge.index import Hit, KnowledgeIndex
 from leadloop.knowledge.sources import Sources
 from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
 from leadloop.policy.playbook import Playbook, PlaybookError, Tactic, load_playbook
-from leadloop.policy.write import fill_reply, wants_answer, write_reply
+from leadloop.policy.write import (
+    answer_from,
+    fill_reply,
+    said_before,
+    wants_answer,
+    write_reply,
+)
 from leadloop.storage import repo
 from leadloop.storage.models import (
+    Account,
     BrainUsage,
     CadenceEnrollment,
     Event,
     InboundMessage,
     Lead,
     Mailbox,
+    OutboundMessage,
 )
 
 log = logging.getLogger("leadloop.agent.policy")
@@ -357,6 +365,64 @@ class ActStage:
             await _move(session, lead, State(data["state"]), "; ".join(data["reasons"]), now)
         return f"reply queued (outbound {row.id}, {len(written.answer)} cited sentences)"
 
+    async def touch_insight(
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        account: Account | None,
+        step: CadenceStep,
+        product: str,
+        now: datetime,
+    ) -> Insight:
+        """A cadence touch's ``{insight}``: one or two sentences for the lead's
+        industry and title from the knowledge the step's angle draws on, each
+        cited, none the lead already had from us, checked by the guardrails."""
+        p = self.policy
+        p.refresh()
+        name = step.angle or "value"
+        angle = p.playbook.touches.angle(name)
+        if not angle.search.strip():
+            return Insight(text="", angle=name)  # a last call states nothing new
+        language = p.playbook.voice.default_language
+        words = [account.industry if account else None, lead.title, product, *angle.keywords]
+        query = " ".join(w for w in words if w)
+        hits = p.search(query, language, angle.documents or None)
+        sent = await _said_to(session, lead)
+        answer: list[Sentence] | None = None
+        writer = "local"
+        if self.writer is not None and hits:
+            task = (
+                f"{angle.instructions} {step.instructions}".strip()
+                + "\n\nWrite one or two sentences for a sales follow-up mail, in "
+                f"{LANGUAGE_NAMES.get(language, language)}, from the passages only; the "
+                "template adds the greeting and the rest."
+            )
+            answer = await self._drafted_from(session, lead, None, task, hits, "", now)
+            if answer is not None and any(said_before(s.text) & sent for s in answer):
+                log.info("lead %s: the written touch repeats an earlier mail; quoting", lead.id)
+                answer = None
+            writer = self.writer.name if answer is not None else writer
+        if answer is None:
+            answer = answer_from(query, hits, language, limit=1, exclude=sent)
+            writer = "local"
+        text = " ".join(s.text for s in answer)
+        check = check_draft(
+            text,
+            answer,
+            {h.passage.id: h.passage.body or h.passage.text for h in hits},
+            catalog=p.catalog,
+            playbook=p.playbook,
+            language=language,
+            links=[link for link in (p.booking_link, *p.allowed_links) if link],
+        )
+        return Insight(
+            text=text,
+            sentences=[s.model_dump() for s in answer],
+            failures=check.failures,
+            writer=writer,
+            angle=name,
+        )
+
     async def _drafted(
         self,
         session: AsyncSession,
@@ -370,19 +436,31 @@ class ActStage:
     ) -> list[Sentence] | None:
         """The writing brain's answer from *hits*, or None (logged) to let
         the extractive writer quote them instead."""
-        assert self.writer is not None
         task = (
             f"{tactic.instructions}\n\nWrite only the answer part of the reply, in "
             f"{LANGUAGE_NAMES.get(language, language)}: one to three sentences that answer the "
             "buyer from the passages. No greeting, no sign-off, no question: the template "
             "adds them, with the next question, any link and any price."
         )
+        return await self._drafted_from(session, lead, item, task, hits, text, now)
+
+    async def _drafted_from(
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        item: InboundMessage | None,
+        task: str,
+        hits: list[Hit],
+        thread: str,
+        now: datetime,
+    ) -> list[Sentence] | None:
+        assert self.writer is not None
         passages = [Passage(id=h.passage.id, text=h.passage.body or h.passage.text) for h in hits]
         try:
             draft, usage = await self.writer.write(
                 task=task,
                 passages=passages,
-                thread=text,
+                thread=thread,
                 reference=self.policy.send.keys.canary(lead.id),
             )
         except (DraftRejected, BrainPaused) as exc:
@@ -395,7 +473,7 @@ class ActStage:
                     brain=usage.brain,
                     model=usage.model,
                     lead_id=lead.id,
-                    inbound_id=item.id,
+                    inbound_id=item.id if item else None,
                     calls=usage.calls,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
@@ -403,6 +481,17 @@ class ActStage:
                 )
             )
         return list(draft.sentences)
+
+
+async def _said_to(session: AsyncSession, lead: Lead) -> set[str]:
+    """Every sentence of ours the lead has had or has queued."""
+    texts = await session.scalars(
+        select(OutboundMessage.payload).where(OutboundMessage.lead_id == lead.id)
+    )
+    said: set[str] = set()
+    for payload in texts:
+        said |= said_before(str((payload or {}).get("text", "")))
+    return said
 
 
 async def _move(

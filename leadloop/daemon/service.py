@@ -19,6 +19,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -99,8 +100,13 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
     return ImapInbox(box.name, settings, secret)
 
 
-def build_planner(loaded: LoadedConfig, db: Database, send: OutboxSettings) -> Planner:
-    return Planner(db, CadenceSettings.from_config(loaded), send)
+def build_planner(
+    loaded: LoadedConfig, db: Database, send: OutboxSettings, stages: Sequence[Stage] = ()
+) -> Planner:
+    """The cadence planner; the act stage among *stages* writes the touches'
+    ``{insight}`` from knowledge."""
+    writer = next((s for s in stages if isinstance(s, ActStage)), None)
+    return Planner(db, CadenceSettings.from_config(loaded), send, writer)
 
 
 def build_sender(loaded: LoadedConfig, db: Database, clock: Clock, owner: str) -> Sender:
@@ -258,7 +264,9 @@ class Service:
             await self._sync_watchers()
             self.sender = build_sender(self.loaded, self.db, self.clock, self.owner)
             await self.sender.recover(all_claims=self.db.is_sqlite)
-            self.planner = build_planner(self.loaded, self.db, self.sender.settings)
+            self.planner = build_planner(
+                self.loaded, self.db, self.sender.settings, self.pipeline.stages
+            )
         except BaseException:
             await self._close()
             raise
@@ -593,7 +601,8 @@ class Service:
         if self.sender is not None and self.db is not None:
             old = self.sender
             self.sender = build_sender(loaded, self.db, self.clock, self.owner)
-            self.planner = build_planner(loaded, self.db, self.sender.settings)
+            stages = self.pipeline.stages if self.pipeline else ()
+            self.planner = build_planner(loaded, self.db, self.sender.settings, stages)
             await old.close()
             self._reload_policy(loaded)
             moved = await self.planner.replan(self.clock.now())

@@ -1,5 +1,6 @@
 """The playbook (``playbook.toml``): voice, intent groups, a tactic per intent
-(and per objection type), the BANT questions, escalation and hand-back rules.
+(and per objection type), the angles of cadence touches, the BANT questions,
+escalation and hand-back rules.
 
 Admins write it; policy reads it.  A mistake names the key and its line, like
 ``config.toml``'s.
@@ -148,8 +149,52 @@ class HandBack(_Section):
     undetected_replies: int = Field(default=3, ge=1, le=20)
 
 
+class Angle(_Section):
+    """What a cadence touch with this angle draws on (``[touches.<angle>]``)."""
+
+    search: str = ""
+    """Like a tactic's: knowledge documents (names ending in .md) and keywords."""
+    instructions: str = ""
+    """For a brain that writes: what the touch is to do."""
+
+    @property
+    def documents(self) -> list[str]:
+        return [part.strip() for part in self.search.split(",") if part.strip().endswith(".md")]
+
+    @property
+    def keywords(self) -> list[str]:
+        return [
+            part.strip()
+            for part in self.search.split(",")
+            if part.strip() and not part.strip().endswith(".md")
+        ]
+
+
+ANGLES = ("value", "proof", "objection", "last_call")
+
+
+class Touches(_Section):
+    """The angles of cadence touches: a first mail shows value, a follow-up
+    brings proof, the next pre-empts an objection, the last is a last call."""
+
+    value: Angle = Angle(
+        search="value, saves, costs, time", instructions="Show the value for their kind of fleet."
+    )
+    proof: Angle = Angle(
+        search="customer, results, case study", instructions="Bring one customer's result."
+    )
+    objection: Angle = Angle(
+        search="concern, question, trial", instructions="Answer a common concern before it comes."
+    )
+    last_call: Angle = Angle(search="", instructions="A short last note; no new facts needed.")
+
+    def angle(self, name: str | None) -> Angle:
+        return getattr(self, name) if name in ANGLES else self.value
+
+
 class Playbook(_Section):
     voice: Voice = Field(default_factory=Voice)
+    touches: Touches = Field(default_factory=Touches)
     groups: list[Group]
     tactics: Tactics
     bant: Bant

@@ -41,15 +41,32 @@ def passage_sentences(hit: Hit) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
 
 
+def said_before(text: str) -> set[str]:
+    """*text*'s sentences as :func:`answer_from` compares them (case and
+    spacing aside), to leave out what a lead already had from us."""
+    return {_same(s) for s in _SENTENCE.split(text) if s.strip()}
+
+
+def _same(sentence: str) -> str:
+    return " ".join(sentence.split()).casefold()
+
+
 def answer_from(
-    question: str, hits: Sequence[Hit], language: str, limit: int = MAX_ANSWER_SENTENCES
+    question: str,
+    hits: Sequence[Hit],
+    language: str,
+    limit: int = MAX_ANSWER_SENTENCES,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> list[Sentence]:
     """The sentences of the retrieved passages that share most with the
-    question, best first, each citing its passage."""
+    question, best first, each citing its passage; none in *exclude*
+    (:func:`said_before`)."""
     asked = content_stems(question, language)
     scored: list[tuple[float, int, Sentence]] = []
     for rank, hit in enumerate(hits):
         for sentence in passage_sentences(hit):
+            if _same(sentence) in exclude:
+                continue
             shared = len(asked & content_stems(sentence, language))
             if shared:
                 cited = Sentence(text=sentence, citations=[hit.passage.id])
