@@ -96,3 +96,16 @@ def test_an_uncited_statement_is_blocked_and_a_question_is_not() -> None:
     asked = Sentence(text="How many vehicles do you run?", citations=[])
     assert any("without citing" in f for f in check(draft(""), [GOOD, said]))
     assert check(draft(""), [GOOD, asked]) == []
+
+
+def test_the_sellers_own_product_names_need_no_passage() -> None:
+    named = Sentence(
+        text="Professional runs in two data centres in Frankfurt am Main.",
+        citations=["security.md#hosting"],
+    )
+    assert check(draft(""), [named]) == []
+    other = Sentence(
+        text="Today Fleetio runs in two data centres in Frankfurt am Main.",
+        citations=["security.md#hosting"],
+    )
+    assert any("name Fleetio" in f for f in check(draft(""), [other]))

@@ -65,6 +65,8 @@ def check_draft(
     allowed prefixes; *forbidden*: other leads' addresses, names, canaries."""
     failures: list[str] = []
     cited_texts: list[str] = []
+    # The seller's own product names need no passage to be named.
+    own_names = {word for product in catalog.products for word in product.name.split()}
     for sentence in answer:
         if not sentence.citations:
             if not sentence.text.rstrip().endswith("?"):
@@ -76,7 +78,7 @@ def check_draft(
             continue
         texts = [passages[c] for c in sentence.citations]
         cited_texts.extend(texts)
-        verdict = check_sentence(sentence.text, texts, language)
+        verdict = check_sentence(sentence.text, texts, language, known=own_names)
         if not verdict.supported:
             failures.append(f"unsupported: {sentence.text!r}: {'; '.join(verdict.reasons)}")
     # Prices and percentages anywhere in the draft.
