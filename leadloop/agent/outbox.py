@@ -507,6 +507,7 @@ async def queue_reply(
     mailbox: str | None = None,
     actor: str = ACTOR,
     closing: bool = False,
+    attachments: Sequence[compose.Attachment] = (),
 ) -> OutboundMessage:
     """Answer *inbound*: to the lead's own address only (never the From of
     the mail, never its CCs), threaded under it.  A *closing* reply may
@@ -533,6 +534,7 @@ async def queue_reply(
         references=references,
         actor=actor,
         closing=closing,
+        attachments=attachments,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -19,10 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
-from leadloop.agent.cadence import Insight, nurture
+from leadloop.agent.cadence import CONVERSATION, Insight, nurture
 from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
+from leadloop.agent.sendtime import SendWindow, lead_zone
 from leadloop.agent.understand import BUYER_KINDS
 from leadloop.brain.base import Writer
 from leadloop.brain.drafts import DraftRejected, Passage, Sentence
@@ -32,8 +33,10 @@ from leadloop.config import CadenceStep, LoadedConfig
 from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
 from leadloop.knowledge.index import Hit, KnowledgeIndex
 from leadloop.knowledge.sources import Sources
+from leadloop.mail import compose
 from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
+from leadloop.policy.meeting import calendar_file, format_times, proposed_times
 from leadloop.policy.playbook import Playbook, PlaybookError, Tactic, load_playbook
 from leadloop.policy.write import (
     answer_from,
@@ -74,6 +77,8 @@ class Policy:
     """Cadence name -> the product it sells (its catalog name, when one)."""
     send: outbox.OutboxSettings
     sender_names: dict[str, str]
+    window: SendWindow = field(default_factory=SendWindow)
+    default_zone: str = "UTC"
     sources: Sources | None = None
     _stamps: tuple[int, int] = (0, 0)
 
@@ -88,9 +93,18 @@ class Policy:
             min_score=sources.min_score,
             booking_link=knowledge.booking_link,
             allowed_links=list(knowledge.allowed_links),
-            cadence_products={c.name: c.product for c in loaded.settings.cadences},
+            cadence_products={
+                **{c.name: c.product for c in loaded.settings.cadences},
+                CONVERSATION: loaded.settings.conversation.product,
+            },
             send=send,
             sender_names={b.name: b.display_name for b in loaded.settings.mailboxes},
+            window=SendWindow.parse(
+                loaded.settings.sending.days,
+                loaded.settings.sending.hours,
+                loaded.settings.sending.skip_holidays,
+            ),
+            default_zone=loaded.settings.sending.default_timezone,
             sources=sources,
         )
         made._stamps = made._file_stamps()
@@ -281,6 +295,21 @@ class ActStage:
         tactic = p.playbook.tactic(data["intent"], data.get("objection"))
         text = str(item.result.get("visible_text") or "")
         language = data.get("language") or p.playbook.voice.default_language
+        # No booking link: propose times (listed, and as an .ics), when the
+        # tactic has a template for that; else the owner arranges it.
+        times = data["intent"] == "meeting_request" and not p.booking_link
+        if times and not tactic.template_times:
+            reason = "a meeting was asked for; no booking link and no template to propose times"
+            await to_owner(
+                session,
+                lead,
+                State.HANDED_BACK,
+                actor=ACTOR,
+                reason=reason,
+                now=now,
+                inbound_id=item.id,
+            )
+            return "handed back to the owner: " + reason
         hits = p.search(text, language, tactic.documents)
         product = p.catalog.by_sku(data["product"]) if data.get("product") else None
         # Answer from the mailbox the buyer wrote to.
@@ -289,12 +318,33 @@ class ActStage:
         slots = {
             "first_name": lead.first_name or "",
             "sender_name": p.sender_names.get(box.name, "") or box.address,
-            "product": product.name if product else "",
+            "product": product.name if product else await _product_label(session, lead, p),
             "purchase_link": product.purchase_url if product else "",
             "booking_link": p.booking_link or "",
         }
+        attachments: list[compose.Attachment] = []
+        if times:
+            zone = lead_zone(lead.timezone, lead.country, p.default_zone)
+            proposed = proposed_times(now, zone, lead.country, p.window)
+            slots["proposed_times"] = format_times(proposed, zone, language)
+            host = p.sender_names.get(box.name) or box.address
+            what = f"{product.name if product else 'Demo'}: {host}"
+            attachments.append(
+                compose.Attachment(
+                    "proposed-times.ics",
+                    "text/calendar",
+                    calendar_file(
+                        proposed,
+                        summary=what,
+                        organizer=box.address,
+                        attendee=lead.email,
+                        uid_prefix=f"leadloop-{lead.id}-{item.id}@{box.address.split('@')[-1]}",
+                        now=now,
+                    ),
+                )
+            )
         written, writer = None, "local"
-        if self.writer is not None and hits and wants_answer(tactic, language):
+        if self.writer is not None and hits and wants_answer(tactic, language, times):
             answer = await self._drafted(session, item, lead, tactic, language, text, hits, now)
             if answer is not None:
                 written, writer = (
@@ -305,6 +355,7 @@ class ActStage:
                         answer=answer,
                         slots=slots,
                         bant_element=data.get("bant_element"),
+                        times=times,
                     ),
                     self.writer.name,
                 )
@@ -317,6 +368,7 @@ class ActStage:
                 hits=hits,
                 slots=slots,
                 bant_element=data.get("bant_element"),
+                times=times,
             )
         ours = {lead.email.lower(), *(b.address.lower() for b in p.send.mailboxes.values())}
         others = [a for a in _EMAIL.findall(written.text) if a.lower() not in ours]
@@ -341,6 +393,7 @@ class ActStage:
             now=now,
             mailbox=box.name,
             closing=data.get("state") == State.DISQUALIFIED,
+            attachments=attachments,
         )
         repo.add_event(
             session,
@@ -481,6 +534,16 @@ class ActStage:
                 )
             )
         return list(draft.sentences)
+
+
+async def _product_label(session: AsyncSession, lead: Lead, policy_: Policy) -> str:
+    """What the lead's cadence (or conversation) sells, as config names it,
+    when no catalog product is clear: "Happy to show you Acme FleetTrack"."""
+    enrollment = await session.scalar(
+        select(CadenceEnrollment).where(CadenceEnrollment.lead_id == lead.id)
+    )
+    name = enrollment.cadence if enrollment is not None else CONVERSATION
+    return policy_.cadence_products.get(name) or policy_.cadence_products.get(CONVERSATION, "")
 
 
 async def _said_to(session: AsyncSession, lead: Lead) -> set[str]:

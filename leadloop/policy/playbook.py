@@ -51,12 +51,19 @@ class Tactic(_Section):
     template_es: str | None = None
     search: str = ""
     discount: str | None = None
+    template_times: str | None = None
+    """(meeting_request) Used when no booking link is configured: proposes
+    ``{proposed_times}``, which also go out as an .ics attachment."""
+    template_times_de: str | None = None
+    template_times_fr: str | None = None
+    template_times_es: str | None = None
 
-    def template_for(self, language: str) -> tuple[str, str]:
+    def template_for(self, language: str, times: bool = False) -> tuple[str, str]:
         """The template in *language* if there is one, else English, and the
-        language it is in."""
-        local = getattr(self, f"template_{language}", None) if language != "en" else None
-        return (local, language) if local else (self.template, "en")
+        language it is in; *times*: the proposing one."""
+        base = "template_times" if times else "template"
+        local = getattr(self, f"{base}_{language}", None) if language != "en" else None
+        return (local, language) if local else (getattr(self, base) or "", "en")
 
     @property
     def sends(self) -> bool:

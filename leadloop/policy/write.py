@@ -90,19 +90,26 @@ def write_reply(
     hits: Sequence[Hit],
     slots: dict[str, str],
     bant_element: str | None,
+    times: bool = False,
 ) -> Written:
     """The tactic's template in *language* (else English), filled in with
-    sentences quoted from *hits*."""
-    template, used = tactic.template_for(language)
+    sentences quoted from *hits*; *times*: its meeting-proposal variant."""
+    template, used = tactic.template_for(language, times)
     answer = answer_from(question, hits, used) if "{answer}" in template else []
     return fill_reply(
-        tactic, used, playbook=playbook, answer=answer, slots=slots, bant_element=bant_element
+        tactic,
+        used,
+        playbook=playbook,
+        answer=answer,
+        slots=slots,
+        bant_element=bant_element,
+        times=times,
     )
 
 
-def wants_answer(tactic: Tactic, language: str) -> bool:
+def wants_answer(tactic: Tactic, language: str, times: bool = False) -> bool:
     """Whether the tactic's template (in *language*) has an ``{answer}``."""
-    return "{answer}" in tactic.template_for(language)[0]
+    return "{answer}" in tactic.template_for(language, times)[0]
 
 
 def fill_reply(
@@ -113,10 +120,11 @@ def fill_reply(
     answer: Sequence[Sentence],
     slots: dict[str, str],
     bant_element: str | None,
+    times: bool = False,
 ) -> Written:
     """The tactic's template in *language* (else English) with *answer*
     (cited sentences, from this writer or a brain's) and the slots."""
-    template, used = tactic.template_for(language)
+    template, used = tactic.template_for(language, times)
     values = {
         **slots,
         "answer": " ".join(s.text for s in answer),
@@ -133,9 +141,18 @@ def fill_reply(
 _FIELD = re.compile(r"\{([a-z_]+)\}")
 
 
+LINK_SLOTS = ("booking_link", "purchase_link")
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     """Fill ``{name}`` slots (a missing one becomes empty) and tidy the blank
-    lines an empty slot leaves."""
+    lines an empty slot leaves; a line whose link slot is empty is left out
+    ("book here: " with no link says nothing)."""
+    for slot in LINK_SLOTS:
+        if not values.get(slot):
+            template = "\n".join(
+                line for line in template.split("\n") if "{" + slot + "}" not in line
+            )
     text = _FIELD.sub(lambda m: values.get(m.group(1), ""), template)
     text = re.sub(r"[ \t]+\n", "\n", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
