@@ -55,6 +55,18 @@ _NUMBER = re.compile(
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", re.UNICODE)
 # Durations said another way: 72 hours are three days.
 _UNITS = {
+    "second": ("minute", 1 / 60), "seconds": ("minute", 1 / 60), "sekunde": ("minute", 1 / 60),
+    "sekunden": ("minute", 1 / 60), "seconde": ("minute", 1 / 60),
+    "secondes": ("minute", 1 / 60), "segundo": ("minute", 1 / 60),
+    "segundos": ("minute", 1 / 60), "s": ("minute", 1 / 60), "sec": ("minute", 1 / 60),
+    "kb": ("byte", 1e3), "mb": ("byte", 1e6), "gb": ("byte", 1e9), "tb": ("byte", 1e12),
+    "m": ("metre", 1), "km": ("metre", 1000), "mile": ("metre", 1609.344),
+    "miles": ("metre", 1609.344), "milla": ("metre", 1609.344), "millas": ("metre", 1609.344),
+    "meile": ("metre", 1609.344), "meilen": ("metre", 1609.344), "mille": ("metre", 1609.344),
+    "milles": ("metre", 1609.344), "metre": ("metre", 1), "metres": ("metre", 1),
+    "meter": ("metre", 1), "meters": ("metre", 1), "metros": ("metre", 1),
+    "kilometre": ("metre", 1000), "kilometres": ("metre", 1000), "kilometer": ("metre", 1000),
+    "kilometers": ("metre", 1000), "kilómetros": ("metre", 1000),
     "minute": ("minute", 1), "minutes": ("minute", 1), "minuten": ("minute", 1),
     "minuto": ("minute", 1), "minutos": ("minute", 1), "min": ("minute", 1),
     "hour": ("minute", 60), "hours": ("minute", 60), "stunde": ("minute", 60),
@@ -86,6 +98,12 @@ _PERIODS = {
     "semaine": "week", "hebdomadaire": "week", "semana": "week", "semanal": "week",
     "day": "day", "daily": "day", "tag": "day", "täglich": "day", "jour": "day",
     "quotidien": "day", "día": "day", "diario": "day",
+}  # fmt: skip
+# Words that say something is gone, like a negation ("has been dropped").
+_GONE = {
+    "dropped", "discontinued", "removed", "retired", "deprecated", "eingestellt", "abgekündigt",
+    "entfernt", "supprimé", "supprimée", "retiré", "retirée", "abandonné", "eliminado",
+    "eliminada", "retirado", "retirada", "descontinuado",
 }  # fmt: skip
 _NEGATIONS = {
     "not", "no", "never", "without", "cannot", "can't", "don't", "doesn't", "isn't", "aren't",
@@ -120,13 +138,15 @@ _AT_LEAST = re.compile(
 _HEDGES = re.compile(
     r"\b(?:up[\s-]+to|as\s+much\s+as|as\s+many\s+as|on\s+average|average|typically|typical|usually|"
     r"about|around|approximately|roughly|most|many|some|bis\s+zu|durchschnittlich|meist\w*|"
-    r"etwa|rund|ungefähr|viele|einige|jusqu['’]à|en\s+moyenne|environ|la\s+plupart|plusieurs|"
+    r"etwa|rund|ungefähr|viele|einige|manche|jusqu['’]à|en\s+moyenne|environ|la\s+plupart|"
+    r"plusieurs|certain(?:e|s|es)?|quelques|jusqu['’]à|ciertos|ciertas|"
     r"hasta|en\s+promedio|aproximadamente|unos|unas|la\s+mayoría|muchos|muchas|algunos|algunas)\b",
     re.I,
 )
 # What is not available yet: a sentence may name it only with a word like these.
 _NOT_YET = re.compile(
-    r"\b(?:planned|planning|roadmap|coming|upcoming|beta|preview|pilot|soon|later\s+this|"
+    r"\b(?:planned|planning|roadmap|coming|upcoming|beta\w*|\w+beta|preview|pilot\w*|soon|"
+    r"later\s+this|will\s+(?:be\s+)?(?:launch|releas|arriv|ship)\w*|"
     r"in\s+progress|underway|pending|in\s+development|not\s+yet|"
     r"geplant\w*|planung|vorschau|demnächst|bald|in\s+arbeit|in\s+entwicklung|noch\s+nicht|"
     r"prévu\w*|bientôt|feuille\s+de\s+route|bêta|en\s+cours|en\s+développement|pas\s+encore|"
@@ -206,6 +226,45 @@ def _spell_numbers(text: str, language: str) -> str:
     text = re.sub(
         r"\s?(?:percent|per\s+cent|prozent|pour\s?cent|por\s+ciento)\b", " %", text, flags=re.I
     )
+    # Said one way on both sides before numbers are read.
+    text = re.sub(
+        r"\b24\s*/\s*7\b|\b(?:a|aro)?round[\s-]the[\s-]clock\b|\brund\s+um\s+die\s+uhr\b|"
+        r"\b24\s*h(?:eures)?\s+sur\s+24\b|\blas\s+24\s+horas\b",
+        " around-the-clock ",
+        text,
+        flags=re.I,
+    )
+    for pattern, seconds in (
+        (r"hourly|every\s+hour|each\s+hour|stündlich|jede\s+stunde|toutes\s+les\s+heures|"
+         r"cada\s+hora", 3600),
+        (r"nightly|daily|every\s+(?:night|day)|each\s+(?:night|day)|täglich|nächtlich|"
+         r"jede\s+nacht|chaque\s+(?:nuit|jour)|quotidiennement|cada\s+(?:noche|día)|"
+         r"diariamente", 86400),
+        (r"weekly|every\s+week|each\s+week|wöchentlich|jede\s+woche|chaque\s+semaine|"
+         r"hebdomadaire(?:ment)?|cada\s+semana|semanalmente", 604800),
+    ):  # fmt: skip
+        text = re.sub(rf"\b(?:{pattern})\b", f" every {seconds} seconds ", text, flags=re.I)
+    text = re.sub(
+        r"\b(?:one\s+and\s+a\s+half|eineinhalb|anderthalb|un\s+et\s+demi|uno\s+y\s+medio)\b",
+        "1.5",
+        text,
+        flags=re.I,
+    )
+    text = re.sub(
+        r"\b(?:without\s+(?:any\s+)?manual\s+(?:work|intervention|steps?|input)|by\s+itself|"
+        r"on\s+its\s+own|ohne\s+manuelle[ns]?\s+\w+|von\s+selbst|sans\s+intervention\s+"
+        r"manuelle|tout\s+seul|sin\s+intervención\s+manual|por\s+sí\s+sol[oa])\b",
+        " automatically ",
+        text,
+        flags=re.I,
+    )
+    text = re.sub(
+        r"\b(?:no\s+(?:cap|limit)|without\s+(?:a\s+)?(?:cap|limit)|ohne\s+(?:limit|begrenzung)|"
+        r"sans\s+limite|sin\s+l[ií]mite)\b",
+        " unlimited ",
+        text,
+        flags=re.I,
+    )
     with contextlib.suppress(ValueError, KeyError):  # a language text2num does not know
         text = alpha2digit(text, language if language in _STEMMERS else "en", threshold=0)
     idioms = (
@@ -225,13 +284,16 @@ def _spell_numbers(text: str, language: str) -> str:
          r"céntimos?)\b", lambda m: f"{m[1]}.{int(m[2]):02d} $"),
         (r"\b(\d{1,2})\s+(?:cents?|centimes?|céntimos?)\b", lambda m: f"0.{int(m[1]):02d} $"),
         # "four euros fifty", "a dollar twenty": an amount said in two numbers.
-        (r"\b(?:a|one|un|une|1)\s+(dollar|euro)\s+(\d{1,2})\b(?!\s*(?:%|[^\W\d_]))",
+        (r"\b(?:a|one|un|une|1)\s+(dollar|euro)\s+(\d{1,2})\b(?!\s*(?:%|cents?\b|[.,]?\d))",
          lambda m: f"1.{int(m[2]):02d} $"),
-        (r"\b(\d+)\s+(?:dollars?|euros?)\s+(\d{1,2})\b(?!\s*(?:%|[.,]?\d))",
+        (r"\b(\d+)\s+(?:dollars?|euros?)\s+(\d{1,2})\b(?!\s*(?:%|cents?\b|céntimos?\b|"
+         r"centimes?\b|[.,]?\d))",
          lambda m: f"{m[1]}.{int(m[2]):02d} $"),
-        # "four times an hour" is "every 15 minutes".
-        (r"\b(\d+|twice|once)\s+(?:times\s+)?(?:an?|per|pro|par|por)\s+(hour|day)\b",
-         lambda m: f"every {_per_time(m[1], m[2])} minutes"),
+        # "four times an hour" is "every 15 minutes", "twice a minute" every 30 seconds.
+        (r"\b(\d+|twice|once|zweimal|einmal)\s*(?:times|fois|veces|mal)?\s+(?:an?|per|pro|par|"
+         r"por|in\s+der|à\s+l['’]|la|al)\s+(minute|minuto|minuten?|hour|heure|hora|stunde|day|"
+         r"jour|día|tag|week|semaine|semana|woche)\b",
+         lambda m: f"every {_per_time(m[1], m[2])} seconds"),
         (r"\b(?:halved|divid\w*\s+by\s+2|divis\w*\s+par\s+2|(?:cut|reduc\w*)\s+(?:\w+\s+){0,4}?"
          r"by\s+half|de\s+moitié|a\s+la\s+mitad|halbiert)\b", "by 50 %"),
         (
@@ -245,9 +307,15 @@ def _spell_numbers(text: str, language: str) -> str:
     return text
 
 
-def _per_time(times: str, unit: str) -> int:
-    count = {"twice": 2, "once": 1}.get(times.lower()) or int(times)
-    return (60 if unit.lower() == "hour" else 1440) // max(count, 1)
+def _per_time(times: str, unit: str) -> float:
+    """Seconds between events that happen *times* per *unit*."""
+    count = {"twice": 2, "once": 1, "zweimal": 2, "einmal": 1}.get(times.lower()) or int(times)
+    span = {
+        "min": 60, "hou": 3600, "heu": 3600, "hor": 3600, "stu": 3600, "wee": 604800,
+        "sem": 604800, "woc": 604800,
+    }.get(unit.lower()[:3], 86400)  # fmt: skip
+    seconds = span / max(count, 1)
+    return int(seconds) if seconds == int(seconds) else round(seconds, 2)
 
 
 def _prepare(text: str, language: str) -> str:
@@ -317,7 +385,25 @@ def amounts_of(items: list[tuple[float, str | None]]) -> set[tuple[str, float]]:
         elif unit is not None:
             base, factor = _UNITS[unit]
             amounts.add((base, round(value * factor, 4)))
+            amounts |= _calendar_alike(base, value * factor)
     return amounts
+
+
+def _calendar_alike(base: str, value: float) -> set[tuple[str, float]]:
+    """The same span in the other calendar unit: 90 days are 3 months, 3
+    months 90 days, 365 days a year (sales copy counts a month as 30 days)."""
+    if base == "minute" and value % 1440 == 0:
+        days = value / 1440
+        found = {("month", round(days / 30, 4))} if days % 30 == 0 else set()
+        if days % 365 == 0:
+            found.add(("month", round(days / 365 * 12, 4)))
+        return found
+    if base == "month":
+        found = {("minute", round(value * 30 * 1440, 4))}
+        if value % 12 == 0:
+            found.add(("minute", round(value / 12 * 365 * 1440, 4)))
+        return found
+    return set()
 
 
 def number_supported(
@@ -328,18 +414,24 @@ def number_supported(
     if unit is not None:
         base, factor = _UNITS[unit]
         # "3 months" is not the "3 %" of a passage, but may be its bare "30 or 90 days".
-        return (base, round(value * factor, 4)) in passage_amounts or (
-            "bare",
-            round(value, 4),
-        ) in passage_amounts
+        said = {(base, round(value * factor, 4)), *_calendar_alike(base, value * factor)}
+        return bool(said & passage_amounts) or ("bare", round(value, 4)) in passage_amounts
     if value == 1:
         return True  # "ein", "un", "one": an article as often as a count
     return ("n", round(value, 4)) in passage_amounts
 
 
 _RATE_STEP = re.compile(
-    r"\s*(?:,?\s*(?:and|und|et|y)\s+)?(?:(?:per|pro|par|por|je|each|every|a|an)\s+|/\s*)"
-    r"(?:(\d[\d.,]*)\s*)?([^\W\d_]+)|\s*(?:(?:and|und|et|y)\s+)?([^\W\d_]+)",
+    r"\s*(?:,?\s*(?:and|und|et|y)\s+)?((?:per|pro|par|por|je|each|every|a|an|al|im|à\s+la|au|"
+    r"cada)\s+|/\s*)(?:(\d[\d.,]*)\s*)?([^\W\d_]+)|\s*(?:(?:and|und|et|y)\s+)?([^\W\d_]+)",
+    re.I,
+)
+# Markers that only ever say a period ("a month", "al mes", "im Jahr").
+_PERIOD_ONLY = {"a", "an", "al", "im", "au", "à la", "each", "every", "cada"}
+_FLAT = re.compile(
+    r"\s*(?:for\s+the\s+(?:whole|entire)\s+(?:team|company|organi[sz]ation)|for\s+(?:all|every)"
+    r"\s+users|for\s+everyone|in\s+total|flat|für\s+das\s+(?:ganze|gesamte)\s+team|pauschal|"
+    r"pour\s+toute\s+l['’]équipe|forfaitaire|para\s+todo\s+el\s+equipo|tarifa\s+plana)\b",
     re.I,
 )
 _CURRENCY_AFTER = re.compile(r"\s?(?:€|eur\b|euros?\b|usd\b|\$|£|gbp\b|chf\b|dollars?\b)", re.I)
@@ -363,14 +455,16 @@ def _rates(prepared: str, language: str) -> dict[float, set[_Rate]]:
         position = currency.end() if currency else end
         units: list[frozenset[str]] = []
         while (step := _RATE_STEP.match(folded, position)) is not None:
-            count, per, bare = step.group(1), step.group(2), step.group(3)
-            if per is None and bare not in _PERIODS:
+            marker, count, per, bare = step.group(1), step.group(2), step.group(3), step.group(4)
+            if per is None and (bare not in _PERIODS or bare == "an"):
                 break
+            if per is not None and marker.strip() in _PERIOD_ONLY and per not in _PERIODS:
+                break  # "and a single ...": no unit
             word = per if per is not None else bare
             position = step.end()
             unit = {_PERIODS.get(word) or stemmer.stemWord(word)}
             if count:  # "per 100 GB": the count is part of the unit
-                unit.add(f"#{count}")
+                unit.add(f"#{_number(count) or count}")
             following = re.match(r" ([^\W\d_]+)", folded[position:])
             if (
                 following
@@ -381,6 +475,8 @@ def _rates(prepared: str, language: str) -> dict[float, set[_Rate]]:
                 unit.add(stemmer.stemWord(following[1]))
                 position += following.end()
             units.append(frozenset(unit))
+        if _FLAT.match(folded, position):
+            units.append(frozenset({"#flat"}))  # "for the whole team": per nothing
         rates.setdefault(round(value, 4), set()).add(tuple(units))
     return rates
 
@@ -450,7 +546,12 @@ def _negations(text: str, language: str) -> tuple[list[str], list[str], list[str
 
 
 def _is_negation(word: str) -> bool:
-    return word in _NEGATIONS or word.endswith(("n't", "n’t")) or word.startswith(("n'", "n’"))
+    return (
+        word in _NEGATIONS
+        or word in _GONE
+        or word.endswith(("n't", "n’t"))
+        or word.startswith(("n'", "n’"))
+    )
 
 
 def _stems_of(parts: Iterable[str], language: str) -> set[str]:
@@ -612,7 +713,7 @@ def check_sentence(
             and not _GERMAN_PLACE.search(sentence.replace(entity, "\0"))
         ):
             continue  # German capitalises every noun; the overlap judges those
-        if stemmer.stemWord(lowered) in stems:
+        if stemmer.stemWord(lowered) in stems or _named_alike(entity, passages, stems, stemmer):
             continue
         specific = entity.isupper() or any(c.isdigit() for c in entity)
         if specific or replaced:
@@ -657,6 +758,10 @@ def check_sentence(
     unit = _unit_changed(own_text, cited, language)
     if unit:
         reasons.append(unit)
+    # "Billed annually" must not become "billed monthly".
+    billed, passage_billed = _billing(own_text), _billing(cited)
+    if billed and passage_billed and not billed & passage_billed:
+        reasons.append(f"it bills {'/'.join(sorted(billed))}; the passage bills otherwise")
     # Offers: a discount or a free period no passage makes.
     if _DISCOUNT.search(own_text) and not _DISCOUNT.search(cited):
         reasons.append(f"'{_DISCOUNT.search(own_text)[0]}' offers what no passage offers")  # type: ignore[index]
@@ -727,10 +832,48 @@ def _entities(sentence: str) -> list[str]:
         ):
             has_digit = False  # "30-day", "up-to-96": a number, checked as one
         acronym = len(token) >= 2 and token.isupper() and token.isalpha()
-        capital = index > 0 and token[0].isupper() and not token.isupper()
+        capital = token[0].isupper() and not token.isupper()
+        if index == 0 and capital:
+            # A first word is a name when a capitalised word follows it
+            # ("Lakeshore Dental") or it is written like one ("ClassLink").
+            after = sentence[match.end() :].lstrip()
+            capital = bool(after[:1].isupper()) or any(c.isupper() for c in token[1:])
         if has_digit or acronym or capital:
             found.append(token)
     return found
+
+
+def _common_start(a: str, b: str) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def _named_alike(
+    entity: str, passages: Sequence[str], stems: set[str], stemmer: Stemmer.Stemmer
+) -> bool:
+    """The passages name *entity* in another form: "UK" for "United Kingdom",
+    "Canadian" for "Canada", "ISO-27001-Zertifikat" for "ISO-27001-zertifiziert"."""
+    text = " ".join(passages)
+    if entity.isupper() and entity.isalpha() and 2 <= len(entity) <= 5:
+        initials = r"\b" + r"\w*\W+".join(entity) + r"\w*"
+        if re.search(initials, text):
+            return True
+    lowered = entity.lower()
+    words = set(_words(text))
+    for word in words:
+        shorter = min(len(word), len(lowered))
+        if shorter >= 5 and _common_start(word, lowered) >= shorter - 1:
+            return True  # Canada / Canadian, Germany / German; not Frankfurt / Frankreich
+    parts = [p for p in re.split(r"[-–]", entity) if p]
+    if len(parts) > 1:
+        return all(
+            (p.isdigit() and p in text)
+            or p.lower() in words
+            or _stem_match(stemmer.stemWord(p.lower()), stems)
+            for p in parts
+        )
+    return False
 
 
 _COMPLIANCE = re.compile(
@@ -814,6 +957,33 @@ def _per_units(cited: str, language: str) -> set[str]:
     return set(_stemmer(language).stemWords(words))
 
 
+_BILLING = re.compile(
+    r"\b(?:billed|paid|invoiced|charged|payable|pay|abgerechnet|bezahlt|zahlbar|zahlen|"
+    r"factur\w*|payé\w*|payable|payer|pagad\w*|pagar|cobrad\w*|facturación)\s+"
+    r"(?:\w+\s+){0,2}?(monthly|yearly|annually|quarterly|monatlich|jährlich|quartalsweise|"
+    r"mensuel\w*|annuel\w*|trimestriel\w*|mensual\w*|anual\w*|trimestral\w*|"
+    r"month\s+by\s+month|year\s+by\s+year|per\s+month|per\s+year|par\s+mois|par\s+an|"
+    r"al\s+mes|al\s+año|pro\s+monat|pro\s+jahr)\b",
+    re.I,
+)
+
+
+def _billing(text: str) -> set[str]:
+    """How often the text says a price is billed: {"month"}, {"year"}."""
+    found = set()
+    for match in _BILLING.finditer(text):
+        period = match.group(1).lower()
+        if period.startswith(("month", "monat", "mensu")) or period.endswith(
+            ("month", "mois", "mes", "monat")
+        ):
+            found.add("month")
+        elif period.startswith(("quart", "trimes")):
+            found.add("quarter")
+        else:
+            found.add("year")
+    return found
+
+
 def _unit_changed(sentence: str, cited: str, language: str) -> str | None:
     """What the sentence counts per (or how often) where the passages count
     per something else."""
@@ -837,6 +1007,8 @@ def _unit_changed(sentence: str, cited: str, language: str) -> str | None:
             return f"'{match.group(0)}' is not the passage's unit"
         # "per" and "pro" mark units only: the passage must count per it too.
         marker = match.group(0).split()[0].lower()
+        if marker == "pro" and language != "de":
+            continue  # "the Pro plan"
         units = _per_units(cited, language)
         following = re.match(r"\s+([^\W\d_]+)", sentence[match.end() :])
         nouns = [stem, stemmer.stemWord(following[1].lower())] if following else [stem]
