@@ -720,6 +720,74 @@ class SendingConfig(_Section):
         return self
 
 
+class IcpCriterion(_Section):
+    """One criterion of the ideal customer profile, over a lead or account
+    field: ``industry``, ``size`` (employees), ``country``, ``title``,
+    ``source``, ``rating``, or ``custom.<name>`` (the lead's, else its
+    account's).  Give one test: ``in`` (a list), ``min``/``max`` (a range)
+    or ``keywords`` (any of them in the field, case-insensitive)."""
+
+    field: str = Field(pattern=r"^(?:industry|size|country|title|source|rating|custom\.[\w.-]+)$")
+    in_: list[str] | None = Field(default=None, alias="in")
+    min: float | None = None
+    max: float | None = None
+    keywords: list[str] | None = None
+    weight: float = Field(default=1.0, gt=0, le=100)
+    name: str | None = None
+    """How the reason names it; default: the field and the test."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_test(self) -> IcpCriterion:
+        tests = [self.in_ is not None, self.min is not None or self.max is not None,
+                 self.keywords is not None]  # fmt: skip
+        if sum(tests) != 1:
+            raise ValueError("give exactly one test: in, min/max or keywords")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is above max")
+        return self
+
+
+class IcpConfig(_Section):
+    """The ideal customer profile: fit is the weighted share of criteria a
+    lead meets (high above 70 %, moderate 50-70 %, low below 50 %)."""
+
+    criteria: list[IcpCriterion] = Field(default_factory=list)
+
+
+PositiveInterest = Literal["positive_high", "positive_medium", "positive_low"]
+
+
+class HandoffConfig(_Section):
+    """Who gets a lead when the agent is done with it (DESIGN.md's routing)."""
+
+    interest: list[PositiveInterest] = Field(
+        default_factory=lambda: list[PositiveInterest](["positive_high", "positive_medium"])
+    )
+    """Purchase interest levels that count as positive."""
+    bant_minimum: Literal["low", "medium", "high"] = "medium"
+    """BANT fitment a lead needs to be qualified: medium is 2 of 4 met, high 3."""
+    sellers: list[str] = Field(default_factory=list)
+    """The team a qualified lead without an owner goes to, in turn."""
+    away: list[str] = Field(default_factory=list)
+    """Sellers skipped in the round-robin (on leave)."""
+    supervisors: list[str] = Field(default_factory=list)
+    """Who gets escalations and disqualification notes; default: the lead's owner."""
+    warm_intro: bool = True
+    """Introduce the seller to the lead (seller in CC) on hand-off."""
+    reminder_business_hours: int = Field(default=8, ge=1, le=200)
+    """An escalation nobody answered is sent again after this long."""
+
+    @field_validator("sellers", "away", "supervisors")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+                raise ValueError(f"{address!r} is not an email address")
+        return [a.lower() for a in value]
+
+
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -740,6 +808,8 @@ class Config(_Section):
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
     brain: BrainConfig = Field(default_factory=BrainConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    icp: IcpConfig = Field(default_factory=IcpConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
 
     @field_validator("mailboxes")
     @classmethod

@@ -294,6 +294,36 @@ class BrainUsage(Base):
     outcome: Mapped[str] = mapped_column(String(30))
 
 
+class Escalation(Base):
+    """A lead a person must look at: open, reminded, resolved (DESIGN.md)."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (Index("ix_escalations_status_due", "status", "remind_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    inbound_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_messages.id", ondelete="SET NULL")
+    )
+    condition: Mapped[str] = mapped_column(String(60))
+    """human_request, injection, guardrail_failure, ... (the playbook's names)."""
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(20))
+    """open, reminded, resolved."""
+    supervisors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    draft: Mapped[str | None] = mapped_column(Text)
+    """The reply held back, when one was written (APPROVE sends it)."""
+    draft_hard: Mapped[bool] = mapped_column(Boolean, default=False)
+    """The draft failed a hard guardrail (an invented price, a foreign link):
+    APPROVE is refused; only EDIT sends."""
+    opened_at: Mapped[datetime]
+    remind_at: Mapped[datetime | None]
+    reminded_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(320))
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
 class UsedToken(Base):
     """Single-use command tokens already spent (``mail/tokens.py``)."""
 
