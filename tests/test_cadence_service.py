@@ -300,10 +300,12 @@ async def test_a_cadence_through_the_daemon_reacts_to_each_kind_of_answer(
         assert nudge1.message["Subject"] == answer.message["Subject"]
         assert "did my last answer help" in text_of(nudge1.message)
         # Three business days after the last nudge the conversation closes
-        # through the hand-off rules: back to the owner, never lost.
-        assert await w.state(talk) == "handed_back"
+        # through the hand-off rules, never as lost: one question and no
+        # BANT fact (BANT low) is a disqualification, with its reasons.
+        assert await w.state(talk) == "disqualified"
         assert (await w.enrollment(talk)).status == "done"
-        assert await w.events("lead.owner_notice", talk)
+        [closed] = await w.events("lead.disqualified", talk)
+        assert any("BANT low" in r for r in closed.reasons)
 
 
 async def test_a_buyer_who_answers_a_nudge_restarts_the_plan(tmp_path: Path) -> None:
@@ -335,7 +337,8 @@ async def test_a_buyer_who_answers_a_nudge_restarts_the_plan(tmp_path: Path) -> 
         assert sent[4].message["In-Reply-To"] == sent[3].message["Message-ID"]
         enrollment = await w.enrollment(talk)
         assert enrollment.cadence == "conversation"
-        assert await w.state(talk) == "handed_back"  # quiet after the new nudges
+        # Quiet after the new nudges, with no BANT fact: closed by the rules.
+        assert await w.state(talk) == "disqualified"
 
 
 async def test_reload_moves_next_touches_and_refuses_a_broken_file(

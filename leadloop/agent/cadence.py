@@ -45,6 +45,7 @@ from leadloop.agent.sendtime import (
     next_window_start,
     plan_touch,
 )
+from leadloop.agent.staff import Staff, escalate, is_hard
 from leadloop.config import (
     INSIGHT,
     MERGE_FIELD_PATTERN,
@@ -107,7 +108,15 @@ class Insight:
 
 
 class TouchWriter(Protocol):
-    """Writes a touch's ``{insight}`` (policy's act stage does)."""
+    """Writes a touch's ``{insight}`` and closes quiet conversations by the
+    hand-off rules (policy's act stage does both); holds the staff context
+    escalations and hand-offs are mailed with."""
+
+    staff: Staff
+
+    async def close_conversation(
+        self, session: AsyncSession, lead: Lead, reason: str, now: datetime
+    ) -> str: ...
 
     async def touch_insight(
         self,
@@ -277,6 +286,11 @@ class Planner:
         self.send = send
         self.writer = writer
         """Writes ``{insight}``; without one the slot stays empty."""
+
+    @property
+    def staff(self) -> Staff | None:
+        """Escalations and hand-offs by mail (due tasks find it here)."""
+        return self.writer.staff if self.writer is not None else None
 
     def zone_of(self, lead: Lead) -> ZoneInfo:
         return lead_zone(lead.timezone, lead.country, self.settings.default_zone)
@@ -843,23 +857,31 @@ class Planner:
     ) -> None:
         """A touch that failed the guardrails is not sent: the lead is paused
         and escalated with the reasons; the plan keeps its place."""
-        reason = "escalated: guardrail_failure"
-        if can_transition(lead, State.PAUSED):
-            await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
-        repo.add_event(
-            session,
-            "lead.escalated",
-            actor=ACTOR,
-            now=now,
-            lead_id=lead.id,
-            reasons=[reason, f"touch {step.id}", *insight.failures],
-            data={
-                "condition": "guardrail_failure",
-                "failures": insight.failures,
-                "owner": lead.owner,
-                "step": step.id,
-            },
-        )
+        if self.staff is not None:
+            await escalate(
+                session,
+                self.staff,
+                lead,
+                condition="guardrail_failure",
+                reasons=[f"cadence touch {step.id}", *insight.failures],
+                now=now,
+                actor=ACTOR,
+                draft=insight.text,
+                hard=is_hard(insight.failures),
+            )
+        else:
+            reason = "escalated: guardrail_failure"
+            if can_transition(lead, State.PAUSED):
+                await transition(session, lead, State.PAUSED, actor=ACTOR, reason=reason, now=now)
+            repo.add_event(
+                session,
+                "lead.escalated",
+                actor=ACTOR,
+                now=now,
+                lead_id=lead.id,
+                reasons=[reason, f"touch {step.id}", *insight.failures],
+                data={"condition": "guardrail_failure", "failures": insight.failures},
+            )
         enrollment.next_at = next_window_start(
             now + PAUSED_RECHECK, self.zone_of(lead), lead.country, self.settings.window
         )
@@ -917,11 +939,15 @@ class Planner:
         result: TickResult,
     ) -> None:
         """The buyer stayed quiet through every nudge: the conversation ends
-        through the hand-off rules, never as ``lost``.  Until qualification
-        decides, that is ``handed_back`` to the lead's owner."""
+        through the hand-off rules (qualified, disqualified or handed back),
+        never as ``lost``."""
         nudged = f" and {enrollment.last_step_id}" if enrollment.last_step_id else ""
         reason = f"the conversation went quiet: no reply to our answer{nudged}"
-        if can_transition(lead, State.HANDED_BACK):
+        if self.writer is not None:
+            outcome = await self.writer.close_conversation(session, lead, reason, now)
+            log.info("lead %s: %s", lead.id, outcome)
+            result.closed += 1
+        elif can_transition(lead, State.HANDED_BACK):
             await to_owner(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
             result.closed += 1
         _end(enrollment, "done", reason, now)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
@@ -24,6 +24,16 @@ from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
 from leadloop.agent.sendtime import SendWindow, lead_zone
+from leadloop.agent.staff import (
+    Staff,
+    disqualify,
+    escalate,
+    evidence,
+    hand_to_seller,
+    intro_for,
+    is_hard,
+    notify_owner,
+)
 from leadloop.agent.understand import BUYER_KINDS
 from leadloop.brain.base import Writer
 from leadloop.brain.drafts import DraftRejected, Passage, Sentence
@@ -38,9 +48,11 @@ from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
 from leadloop.policy.meeting import calendar_file, format_times, proposed_times
 from leadloop.policy.playbook import Playbook, PlaybookError, Tactic, load_playbook
+from leadloop.policy.qualify import handoff, pick_seller
 from leadloop.policy.write import (
     answer_from,
     fill_reply,
+    fill_template,
     said_before,
     wants_answer,
     write_reply,
@@ -165,8 +177,8 @@ async def conversation_of(
     bant: dict[str, str] = {}
     undetected = 0
     for event in events:
-        for element, evidence in (event.data.get("bant") or {}).items():
-            status = (evidence or {}).get("status", "unknown")
+        for element, found in (event.data.get("bant") or {}).items():
+            status = (found or {}).get("status", "unknown")
             if status != "unknown":
                 bant[element] = status
         undetected = undetected + 1 if event.data.get("intent") == "other" else 0
@@ -183,8 +195,9 @@ async def conversation_of(
 class DecideStage:
     name = "decide"
 
-    def __init__(self, policy_: Policy) -> None:
+    def __init__(self, policy_: Policy, staff: Staff | None = None) -> None:
         self.policy = policy_
+        self.staff = staff or Staff(policy_.send)
 
     async def process(self, item: InboundMessage, ctx: StageContext) -> Outcome:
         summary = item.result.get("understanding")
@@ -201,6 +214,9 @@ class DecideStage:
         answerable = (
             bool(self.policy.search(text, language)) if understood.intent == "question" else True
         )
+        # The hand-off rules over the whole conversation, this reply included.
+        proof = await evidence(ctx.session, lead, self.staff.icp)
+        rules = handoff(proof.interest, proof.bant, self.staff.handoff)
         decision = policy.decide(
             understood,
             text,
@@ -209,6 +225,7 @@ class DecideStage:
             self.policy.catalog,
             answerable=answerable,
             knowledge_languages=frozenset(self.policy.index.languages()),
+            handoff=rules,
         )
         repo.add_event(
             ctx.session,
@@ -218,7 +235,14 @@ class DecideStage:
             lead_id=lead.id,
             inbound_id=item.id,
             reasons=decision.reasons,
-            data=decision.as_dict(),
+            data={
+                **decision.as_dict(),
+                "fit": {"band": proof.fit.band, "score": proof.fit.score},
+                "bant": {"level": proof.bant.level, "met": proof.bant.met},
+                "interest": proof.interest.level,
+                "handoff": rules.outcome,
+                "evidence": [proof.fit.reason, *rules.reasons],
+            },
         )
         return Next(
             reasons=[f"decide: {decision.action} ({'; '.join(decision.reasons)})"],
@@ -229,8 +253,12 @@ class DecideStage:
 class ActStage:
     name = "act"
 
-    def __init__(self, policy_: Policy, writer: Writer | None = None) -> None:
+    def __init__(
+        self, policy_: Policy, writer: Writer | None = None, staff: Staff | None = None
+    ) -> None:
         self.policy = policy_
+        self.staff = staff or Staff(policy_.send)
+        """Escalations, hand-offs and notes to sellers and supervisors."""
         self.writer = writer
         """The brain that writes answers (the openai brain), else the
         extractive writer quotes the passages."""
@@ -261,7 +289,31 @@ class ActStage:
         if action == policy.REPLY:
             done.append(await self._reply(session, item, lead, data, now))
         elif action == policy.ESCALATE:
-            done.append(await _escalate(session, lead, item, str(data.get("escalation")), [], now))
+            await escalate(
+                session,
+                self.staff,
+                lead,
+                condition=str(data.get("escalation")),
+                reasons=list(data.get("reasons") or []),
+                now=now,
+                actor=ACTOR,
+                inbound_id=item.id,
+            )
+            done.append(f"escalated: {data.get('escalation')}")
+        elif action == policy.QUALIFY:
+            done.append(await self._qualify(session, item, lead, data, now))
+        elif action == policy.DISQUALIFY:
+            done.append(
+                await disqualify(
+                    session,
+                    self.staff,
+                    lead,
+                    reasons=list(data.get("reasons") or []),
+                    now=now,
+                    actor=ACTOR,
+                    inbound_id=item.id,
+                )
+            )
         elif action == policy.OPT_OUT:
             reason = "asked not to be mailed"
             await suppress(session, lead.email, reason=reason, source=ACTOR, now=now)
@@ -269,10 +321,7 @@ class ActStage:
             done.append("opted out; the address is suppressed")
         elif action == policy.HAND_BACK:
             reason = "; ".join(data.get("reasons") or ["handed back"])
-            target = State.HANDED_BACK
-            await to_owner(
-                session, lead, target, actor=ACTOR, reason=reason, now=now, inbound_id=item.id
-            )
+            await self._hand_back(session, lead, reason, item.id, now)
             done.append("handed back to the owner")
         elif action == policy.NURTURE and data.get("until"):
             until = datetime.combine(datetime.fromisoformat(data["until"]).date(), time(), UTC)
@@ -300,15 +349,7 @@ class ActStage:
         times = data["intent"] == "meeting_request" and not p.booking_link
         if times and not tactic.template_times:
             reason = "a meeting was asked for; no booking link and no template to propose times"
-            await to_owner(
-                session,
-                lead,
-                State.HANDED_BACK,
-                actor=ACTOR,
-                reason=reason,
-                now=now,
-                inbound_id=item.id,
-            )
+            await self._hand_back(session, lead, reason, item.id, now)
             return "handed back to the owner: " + reason
         hits = p.search(text, language, tactic.documents)
         product = p.catalog.by_sku(data["product"]) if data.get("product") else None
@@ -383,7 +424,19 @@ class ActStage:
             forbidden=others,
         )
         if not check.passed:
-            return await _escalate(session, lead, item, "guardrail_failure", check.failures, now)
+            await escalate(
+                session,
+                self.staff,
+                lead,
+                condition="guardrail_failure",
+                reasons=check.failures,
+                now=now,
+                actor=ACTOR,
+                inbound_id=item.id,
+                draft=written.text,
+                hard=is_hard(check.failures),
+            )
+            return "escalated: guardrail_failure"
         row = await outbox.queue_reply(
             session,
             p.send,
@@ -414,9 +467,128 @@ class ActStage:
                 "sentences": [s.model_dump() for s in written.answer],
             },
         )
-        if data.get("state"):
+        if data.get("state") == State.DISQUALIFIED:
+            await disqualify(
+                session,
+                self.staff,
+                lead,
+                reasons=list(data["reasons"]),
+                now=now,
+                actor=ACTOR,
+                inbound_id=item.id,
+            )
+        elif data.get("state"):
             await _move(session, lead, State(data["state"]), "; ".join(data["reasons"]), now)
         return f"reply queued (outbound {row.id}, {len(written.answer)} cited sentences)"
+
+    async def _hand_back(
+        self, session: AsyncSession, lead: Lead, reason: str, inbound_id: int, now: datetime
+    ) -> None:
+        await to_owner(
+            session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now,
+            inbound_id=inbound_id,
+        )  # fmt: skip
+        await notify_owner(
+            session,
+            self.staff,
+            lead,
+            reasons=[reason],
+            now=now,
+            key=f"owner:{lead.id}:{inbound_id}",
+        )
+
+    async def _qualify(
+        self,
+        session: AsyncSession,
+        item: InboundMessage,
+        lead: Lead,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> str:
+        """A seller gets the lead; the lead a warm introduction (in its
+        language) with the seller in CC, and the purchase link it asked for."""
+        p = self.policy
+        language = data.get("language") or p.playbook.voice.default_language
+        inbox = await session.get(Mailbox, item.mailbox_id)
+        box = p.send.box(inbox.name if inbox else None)
+        product = p.catalog.by_sku(data["product"]) if data.get("product") else None
+        turn = await session.scalar(
+            select(func.count()).select_from(Event).where(Event.kind == "lead.handed_off")
+        )
+        seller = pick_seller(lead.owner, self.staff.handoff, int(turn or 0)) or ""
+        template, _ = p.playbook.introduction.template_for(language)
+        slots = {
+            "first_name": lead.first_name or "",
+            "seller_name": _name_of(seller),
+            "seller_email": seller,
+            "product": product.name if product else await _product_label(session, lead, p),
+            "sender_name": p.sender_names.get(box.name, "") or box.address,
+            "purchase_link": product.purchase_url
+            if product and data["intent"] == "purchase_intent"
+            else "",
+        }
+        intro = intro_for(
+            text=fill_template(template, slots),
+            inbound=item,
+            subject=item.subject or "",
+            mailbox=box.name,
+        )
+        return await hand_to_seller(
+            session,
+            self.staff,
+            lead,
+            reasons=list(data.get("reasons") or []),
+            now=now,
+            actor=ACTOR,
+            intro=intro,
+            inbound_id=item.id,
+        )
+
+    async def close_conversation(
+        self, session: AsyncSession, lead: Lead, reason: str, now: datetime
+    ) -> str:
+        """A quiet conversation ends by the hand-off rules: qualified to a
+        seller, disqualified to the supervisor (BANT low), else back to the
+        owner."""
+        proof = await evidence(session, lead, self.staff.icp)
+        rules = handoff(proof.interest, proof.bant, self.staff.handoff, conversation_ended=True)
+        reasons = [reason, *rules.reasons]
+        if rules.outcome == "qualified":
+            p = self.policy
+            box = p.send.box(None)
+            seller = pick_seller(lead.owner, self.staff.handoff, 0) or ""
+            language = p.playbook.voice.default_language
+            template, _ = p.playbook.introduction.template_for(language)
+            slots = {
+                "first_name": lead.first_name or "",
+                "seller_name": _name_of(seller),
+                "seller_email": seller,
+                "product": await _product_label(session, lead, p),
+                "sender_name": p.sender_names.get(box.name, "") or box.address,
+            }
+            last = await session.scalar(
+                select(InboundMessage)
+                .where(InboundMessage.lead_id == lead.id, InboundMessage.kind.in_(BUYER_KINDS))
+                .order_by(InboundMessage.received_at.desc())
+                .limit(1)
+            )
+            intro = intro_for(
+                text=fill_template(template, slots), inbound=last, subject="", mailbox=box.name
+            )
+            return await hand_to_seller(
+                session, self.staff, lead, reasons=reasons, now=now, actor=ACTOR, intro=intro,
+                proof=proof,
+            )  # fmt: skip
+        if rules.outcome == "disqualified":
+            return await disqualify(
+                session, self.staff, lead, reasons=reasons, now=now, actor=ACTOR
+            )
+        if can_transition(lead, State.HANDED_BACK):
+            await to_owner(session, lead, State.HANDED_BACK, actor=ACTOR, reason=reason, now=now)
+            key = f"owner:{lead.id}:closed:{now:%Y%m%d%H%M}"
+            await notify_owner(session, self.staff, lead, reasons=reasons, now=now, key=key)
+            return "handed back to the owner"
+        return f"nothing to close: the lead is {lead.state}"
 
     async def touch_insight(
         self,
@@ -564,24 +736,7 @@ async def _move(
         await transition(session, lead, target, actor=ACTOR, reason=reason, now=now)
 
 
-async def _escalate(
-    session: AsyncSession,
-    lead: Lead,
-    item: InboundMessage,
-    condition: str,
-    failures: list[str],
-    now: datetime,
-) -> str:
-    reason = f"escalated: {condition}"
-    await _move(session, lead, State.PAUSED, reason, now)
-    repo.add_event(
-        session,
-        "lead.escalated",
-        actor=ACTOR,
-        now=now,
-        lead_id=lead.id,
-        inbound_id=item.id,
-        reasons=[reason, *failures],
-        data={"condition": condition, "failures": failures, "owner": lead.owner},
-    )
-    return reason
+def _name_of(address: str) -> str:
+    """A seller's first name from their address ("ann.example@..." -> "Ann")."""
+    local = address.split("@")[0]
+    return local.split(".")[0].split("_")[0].capitalize() if local else ""

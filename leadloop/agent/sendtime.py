@@ -298,3 +298,21 @@ def plan_touch(
         gap_day = _business_days_after(prev_day, min_gap_business_days, country, window)
         base = max(base, _instant(gap_day, time(0, 0), zone))
     return next_window_start(base, zone, country, window)
+
+
+def add_business_hours(
+    start: datetime, hours: float, zone: ZoneInfo, country: str | None, window: SendWindow
+) -> datetime:
+    """``start`` plus ``hours`` counted only inside the window on business
+    days (an escalation raised Friday at 16:00 with 8 business hours and a
+    09:00-17:00 window is due Monday at 16:00), in UTC."""
+    left = timedelta(hours=hours)
+    moment = next_window_start(start, zone, country, window)
+    for _ in range(SEARCH_DAYS):
+        day = moment.astimezone(zone).date()
+        close = _instant(day, window.end, zone)
+        if moment + left <= close:
+            return moment + left
+        left -= close - moment
+        moment = next_window_start(close + timedelta(seconds=1), zone, country, window)
+    raise ValueError(f"no {hours} business hours within {SEARCH_DAYS} days of {start}")

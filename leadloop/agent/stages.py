@@ -10,6 +10,7 @@ from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import STAGE_NAMES, PassThrough, Stage
 from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
 from leadloop.agent.screening import ScreenSettings, ScreenStage
+from leadloop.agent.staff import Staff
 from leadloop.agent.threads import ThreadSettings, ThreadStage
 from leadloop.agent.understand import UnderstandStage
 from leadloop.brain import Brain, build_brain
@@ -45,8 +46,10 @@ def build_stages(
         "thread": ThreadStage(ThreadSettings.from_config(loaded, keys, parses)),
         "understand": UnderstandStage(brain, parses, loaded.settings.pipeline.max_message_size),
     }
-    policy = Policy.from_config(loaded, OutboxSettings.from_config(loaded, keys))
-    built["decide"] = DecideStage(policy)
+    send = OutboxSettings.from_config(loaded, keys)
+    policy = Policy.from_config(loaded, send)
+    staff = Staff.from_config(loaded, send)
+    built["decide"] = DecideStage(policy, staff)
     # A brain that writes (openai) writes the answers; else policy quotes.
-    built["act"] = ActStage(policy, brain if isinstance(brain, Writer) else None)
+    built["act"] = ActStage(policy, brain if isinstance(brain, Writer) else None, staff)
     return [built.get(name) or PassThrough(name) for name in STAGE_NAMES]

@@ -32,6 +32,7 @@ from leadloop.agent.due import run_due
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
 from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
+from leadloop.agent.staff import Staff
 from leadloop.agent.stages import build_stages, token_keys
 from leadloop.agent.understand import seed_budget
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
@@ -625,8 +626,10 @@ class Service:
         except (SourceMissing, CatalogError, PlaybookError) as exc:
             log.error("reload: knowledge not applied, the running one is kept:\n%s", exc)
             return
+        staff = Staff.from_config(loaded, self.sender.settings)
         for stage in stages:
             stage.policy = policy
+            stage.staff = staff
 
     def _keep_restart_only(self, loaded: LoadedConfig) -> LoadedConfig:
         """The new configuration with the running values of the settings that

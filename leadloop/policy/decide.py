@@ -16,6 +16,7 @@ from typing import Any
 from leadloop.brain.understanding import Understanding
 from leadloop.knowledge.catalog import Catalog, Product
 from leadloop.policy.playbook import Playbook
+from leadloop.policy.qualify import Handoff
 from leadloop.policy.requests import approved_percents, outside_policy
 
 # What the act stage does with a decision.
@@ -25,6 +26,8 @@ ESCALATE = "escalate"  # no reply; pause the lead; tell the supervisor
 HAND_BACK = "hand_back"  # no reply; the lead goes back to its owner
 OPT_OUT = "opt_out"  # no reply; suppress the address; opted_out
 NURTURE = "nurture"  # a short acknowledgement; nurture until the date
+QUALIFY = "qualify"  # qualified: to a seller, a warm introduction to the lead
+DISQUALIFY = "disqualify"  # no reply; disqualified; a note to the supervisor
 
 BANT_ORDER_DEFAULT = ("need", "timing", "budget", "authority")
 
@@ -84,11 +87,14 @@ def decide(
     *,
     answerable: bool = True,
     knowledge_languages: frozenset[str] = frozenset({"en"}),
+    handoff: Handoff | None = None,
 ) -> Decision:
     """The action for *understood* (the buyer's new *text*).
 
     *answerable*: whether the knowledge holds passages for a question (the
-    caller searched); a question it cannot answer goes back to the owner."""
+    caller searched); a question it cannot answer goes back to the owner.
+    *handoff*: the hand-off rules applied to the whole conversation with this
+    reply (:func:`leadloop.policy.qualify.handoff`)."""
     intent = understood.intent
     language = _language(understood.language, playbook, knowledge_languages)
     escalation = _escalation(understood, text, playbook)
@@ -107,6 +113,10 @@ def decide(
         )
     if intent == "out_of_office":
         return Decision(NOTHING, reasons=["an absence notice: nothing to answer"], **base)
+    if handoff is not None and handoff.outcome == "disqualified" and intent in _NO_ACTION:
+        # A concern gets its tactic and a decline its polite close; a
+        # negative reply with nothing else to act on closes the lead.
+        return Decision(DISQUALIFY, reasons=handoff.reasons, state="disqualified", **base)
     if intent == "other":
         if conversation.undetected + 1 >= playbook.hand_back.undetected_replies:
             return Decision(
@@ -150,6 +160,8 @@ def decide(
             state="disqualified",
             **decision,
         )
+    if handoff is not None and handoff.outcome == "qualified" and intent in _QUALIFYING:
+        return Decision(QUALIFY, reasons=handoff.reasons, state="qualified", **decision)
     if intent == "question" and not answerable:
         return Decision(
             HAND_BACK,
@@ -181,6 +193,8 @@ def decide(
 
 
 _CALM_ENOUGH = frozenset({"objection", "not_interested", "unsubscribe", "out_of_office"})
+_QUALIFYING = frozenset({"interested", "question", "meeting_request", "purchase_intent"})
+_NO_ACTION = frozenset({"other", "referral"})
 _ASKS_BANT = frozenset({"interested", "question", "objection"})
 
 

@@ -199,9 +199,28 @@ class Touches(_Section):
         return getattr(self, name) if name in ANGLES else self.value
 
 
+class Introduction(_Section):
+    """The warm introduction a qualified lead gets, with the seller in CC.
+    Slots: {first_name}, {seller_name}, {seller_email}, {product}, {sender_name}."""
+
+    template: str = (
+        "Hi {first_name},\n\nThank you for your interest in {product}. My colleague "
+        "{seller_name} ({seller_email}), in copy, will take it from here and get back to you "
+        "shortly.\n\nBest regards,\n{sender_name}"
+    )
+    template_de: str | None = None
+    template_fr: str | None = None
+    template_es: str | None = None
+
+    def template_for(self, language: str) -> tuple[str, str]:
+        local = getattr(self, f"template_{language}", None) if language != "en" else None
+        return (local, language) if local else (self.template, "en")
+
+
 class Playbook(_Section):
     voice: Voice = Field(default_factory=Voice)
     touches: Touches = Field(default_factory=Touches)
+    introduction: Introduction = Field(default_factory=Introduction)
     groups: list[Group]
     tactics: Tactics
     bant: Bant

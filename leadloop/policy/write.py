@@ -144,6 +144,11 @@ _FIELD = re.compile(r"\{([a-z_]+)\}")
 LINK_SLOTS = ("booking_link", "purchase_link")
 
 
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """A playbook template with its slots filled (see :func:`_fill`)."""
+    return _fill(template, values)
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     """Fill ``{name}`` slots (a missing one becomes empty) and tidy the blank
     lines an empty slot leaves; a line whose link slot is empty is left out
