@@ -48,7 +48,19 @@ _ENTERED_FROM: dict[State, frozenset[State]] = {
     State.NURTURE: frozenset({State.ENGAGING, State.CONVERSING}),
     State.PAUSED: SENDING_STATES,
     State.QUALIFIED: frozenset({State.CONVERSING}),
-    State.DISQUALIFIED: frozenset({State.CONVERSING}),
+    # The agent disqualifies conversing leads; a person (DISQUALIFY by mail)
+    # may close any open lead.
+    State.DISQUALIFIED: frozenset(
+        {
+            State.CONVERSING,
+            State.PAUSED,
+            State.QUALIFIED,
+            State.HANDED_BACK,
+            State.NEW,
+            State.ENGAGING,
+            State.NURTURE,
+        }
+    ),
     State.HANDED_BACK: frozenset({State.CONVERSING}),
     State.LOST: frozenset({State.ENGAGING}),
 }

@@ -20,7 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
 from leadloop.agent.cadence import CONVERSATION, Insight, nurture
-from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
+from leadloop.agent.lifecycle import (
+    SENDING_STATES,
+    State,
+    can_transition,
+    to_owner,
+    transition,
+)
 from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
 from leadloop.agent.sendtime import SendWindow, lead_zone
@@ -227,6 +233,15 @@ class DecideStage:
             knowledge_languages=frozenset(self.policy.index.languages()),
             handoff=rules,
         )
+        if lead.state not in SENDING_STATES and decision.action != policy.OPT_OUT:
+            # Paused, with a seller, closed: a person has the lead; the agent
+            # only honours an opt-out.
+            decision = policy.Decision(
+                policy.NOTHING,
+                intent=decision.intent,
+                reasons=[f"the agent is silent: the lead is {lead.state}"],
+                language=decision.language,
+            )
         repo.add_event(
             ctx.session,
             "lead.decided",

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent.commands import CommandSettings, handle_staff_mail
 from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, transition
 from leadloop.agent.outbox import mark_bounced, outbound_id_from_verp
@@ -54,6 +55,8 @@ class ScreenSettings:
     max_message_size: int
     keys: TokenKeys | None = None
     parses: ParseCache = field(default_factory=ParseCache)
+    commands: CommandSettings | None = None
+    """Carries out staff commands by reply; without it staff mail is recorded."""
 
     @classmethod
     def from_config(
@@ -65,7 +68,14 @@ class ScreenSettings:
             own_addresses=frozenset(box.address for box in settings.mailboxes),
             our_domain=domain,
             unsubscribe_address=loaded.unsubscribe_address,
-            staff_addresses=frozenset(a.lower() for a in settings.staff.addresses),
+            staff_addresses=frozenset(
+                a.lower()
+                for a in (
+                    *settings.staff.addresses,
+                    *settings.handoff.sellers,
+                    *settings.handoff.supervisors,
+                )
+            ),
             staff_domains=frozenset(
                 [d.lower() for d in settings.staff.domains] + ([domain] if domain else [])
             ),
@@ -93,13 +103,20 @@ class ScreenStage:
         session, now = ctx.session, ctx.clock.now()
         sender = parsed.from_addr
 
-        if reasons := await self._own_mail(session, parsed):
+        if reasons := await self._own_mail(session, parsed, staff_first=True):
             return Done(reasons=reasons, updates={"kind": "ignored"})
         if reasons := await self._staff(session, sender):
-            # A staff command needs a valid token; command handling is a
-            # later issue, so the mail is recorded as staff and left there.
-            reasons.append("no command handling yet: recorded for a person")
+            # A staff command needs a valid token and dmarc=pass (commands.py).
+            if self.settings.commands is not None:
+                outcome = await handle_staff_mail(
+                    session, self.settings.commands, item, parsed, now
+                )
+                reasons.extend(outcome.reasons)
+            else:
+                reasons.append("recorded for a person")
             return Done(reasons=reasons, updates={"kind": "staff"})
+        if reasons := await self._own_mail(session, parsed):
+            return Done(reasons=reasons, updates={"kind": "ignored"})
         bounce = read_bounce(item.raw)
         if bounce.is_bounce:
             reasons = await self._bounce(session, item, parsed, bounce, now)
@@ -164,7 +181,12 @@ class ScreenStage:
         return Next(reasons=reasons, updates={"result": result})
 
     # -- rules ------------------------------------------------------------
-    async def _own_mail(self, session: AsyncSession, parsed: ParsedMail) -> list[str]:
+    async def _own_mail(
+        self, session: AsyncSession, parsed: ParsedMail, *, staff_first: bool = False
+    ) -> list[str]:
+        """Mail we sent ourselves.  With *staff_first*, only what is surely
+        ours (our mailbox's address, a Message-ID we sent): a colleague in
+        our domain is staff, told apart before the domain rule."""
         sender = parsed.from_addr
         if sender and sender in self.settings.own_addresses:
             return [f"our own mail: from our mailbox {sender}"]
@@ -173,6 +195,8 @@ class ScreenStage:
         )
         if ours is not None:
             return [f"our own mail: Message-ID {parsed.message_id} is one we sent"]
+        if staff_first:
+            return []
         domain = self.settings.our_domain
         if domain and parsed.message_id.endswith(f"@{domain}>") and _domain(sender) == domain:
             return [f"our own mail: Message-ID and sender in {domain}"]

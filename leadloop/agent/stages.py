@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from leadloop.agent.commands import CommandSettings
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import STAGE_NAMES, PassThrough, Stage
 from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
@@ -41,14 +42,16 @@ def build_stages(
     local brain trains here, about a second: build stages once per process)."""
     parses = ParseCache()
     brain = brain or build_brain(loaded, now)
+    send = OutboxSettings.from_config(loaded, keys)
+    staff = Staff.from_config(loaded, send)
+    screen = ScreenSettings.from_config(loaded, keys, parses)
+    screen.commands = CommandSettings(staff, loaded.settings.identity.authserv_id)
     built: dict[str, Stage] = {
-        "screen": ScreenStage(ScreenSettings.from_config(loaded, keys, parses)),
+        "screen": ScreenStage(screen),
         "thread": ThreadStage(ThreadSettings.from_config(loaded, keys, parses)),
         "understand": UnderstandStage(brain, parses, loaded.settings.pipeline.max_message_size),
     }
-    send = OutboxSettings.from_config(loaded, keys)
     policy = Policy.from_config(loaded, send)
-    staff = Staff.from_config(loaded, send)
     built["decide"] = DecideStage(policy, staff)
     # A brain that writes (openai) writes the answers; else policy quotes.
     built["act"] = ActStage(policy, brain if isinstance(brain, Writer) else None, staff)

@@ -350,6 +350,9 @@ class LocalBrain:
                     best = [self.model.proba(f"bant:{key}", r)[statuses[key]] for r in rows]
                     quote = sentences[int(np.argmax(best))]
                 found[key] = Evidence(status=statuses[key], quote=quote)
+        # Facts stated outright (rules.bant_facts) win over the heads' guess.
+        for key, (status, quote) in rules.bant_facts(body).items():
+            found[key] = Evidence.model_validate({"status": status, "quote": quote})
         return Bant(**found)
 
 

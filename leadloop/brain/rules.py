@@ -674,3 +674,89 @@ def _day_after(today: date, month: int, day: int) -> date:
 
 def _valid(year: int, month: int, day: int) -> date:
     return date(year, month, min(max(day, 1), calendar.monthrange(year, month)[1]))
+
+
+# -- BANT facts stated outright --------------------------------------------------
+# The trained heads rarely see "met" (a few dozen examples each), so facts
+# stated outright are read by rule too: a fleet or team size and a problem
+# (need), a start date (timing), an approved budget (budget), the power to
+# sign (authority); and their refusals (not_met).
+
+_COUNT_NOUN = r"(?:vehicles?|vans?|trucks?|lorries|cars?|drivers?|fleet|employees|staff|users|sites|locations|depots|fahrzeuge\w*|transporter|lkw|lastwagen|mitarbeiter\w*|standorte\w*|véhicules?|camions?|camionnettes?|chauffeurs?|salariés|sites|vehículos?|camiones?|furgonetas?|conductores|empleados|sedes)"
+_BANT_RULES: dict[str, dict[str, re.Pattern[str]]] = {
+    "need": {
+        "met": _any(
+            r"\b(?:we|our\s+(?:team|company|fleet))\s+(?:run|have|operate|manage|own|use)s?\s+(?:about\s+|around\s+|roughly\s+|some\s+|over\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\b(?:we|i)\s+(?:really\s+)?(?:need|are\s+looking\s+for|want)\s+(?:a\s+|an\s+|to\s+)?(?:better\s+|proper\s+|live\s+|real-time\s+)?(?:way\s+to\s+|solution|tool|system|tracking|visibility|cut|reduce|lower|improve|track|see|stop|replace)",
+            r"\bour\s+(?:main\s+|biggest\s+)?(?:problem|challenge|pain|issue)\s+is\b",
+            r"\bwir\s+(?:haben|betreiben|fahren|nutzen)\s+(?:etwa\s+|rund\s+|über\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\bwir\s+(?:brauchen|suchen|benötigen)\b",
+            r"\bnous\s+(?:avons|gérons|exploitons)\s+(?:environ\s+|plus\s+de\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\bnous\s+(?:cherchons|avons\s+besoin)\b",
+            r"\b(?:tenemos|gestionamos|operamos)\s+(?:unos\s+|más\s+de\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\b(?:necesitamos|buscamos)\b",
+        ),
+    },
+    "timing": {
+        "met": _any(
+            r"\b(?:go(?:ing)?\s+live|start(?:ing)?|roll(?:ing)?\s+(?:it\s+)?out|implement(?:ing)?|launch(?:ing)?|switch(?:ing)?|begin(?:ning)?|be\s+up\s+and\s+running|have\s+it\s+running)\b[^.!?\n]{0,40}\b(?:next\s+(?:week|month|quarter)|this\s+(?:month|quarter|year)|in\s+(?:january|february|march|april|may|june|july|august|september|october|november|december|q[1-4]|\d+\s+(?:weeks?|months?))|by\s+(?:the\s+end\s+of|january|february|march|april|may|june|july|august|september|october|november|december|q[1-4])|asap|right\s+away|immediately)",
+            r"\b(?:as\s+soon\s+as\s+possible|asap)\b",
+            r"\b(?:nächsten|kommenden)\s+monat\b|\bab\s+(?:sofort|januar|februar|märz|april|mai|juni|juli|august|september|oktober|november|dezember)\b|\bso\s+(?:schnell|bald)\s+wie\s+möglich\b|\bbis\s+ende\s+(?:des\s+)?(?:monats|quartals|jahres|q[1-4])\b",
+            r"\b(?:le\s+mois\s+prochain|dès\s+(?:que\s+possible|maintenant|le\s+mois)|d['’]ici\s+(?:la\s+fin|fin|\d+\s+(?:semaines|mois)))\b",
+            r"\b(?:el\s+(?:mes|trimestre)\s+que\s+viene|el\s+próximo\s+(?:mes|trimestre)|cuanto\s+antes|lo\s+antes\s+posible|antes\s+de\s+(?:fin\s+de|final\s+de))\b",
+        ),
+        "not_met": _any(
+            r"\bnot\s+(?:before|until)\s+next\s+year\b|\bno\s+(?:rush|hurry|timeline|timeframe)\b",
+            r"\bnicht\s+vor\s+nächstem\s+jahr\b|\bkeine\s+eile\b",
+            r"\bpas\s+avant\s+l['’]année\s+prochaine\b|\bpas\s+pressés?\b",
+            r"\bno\s+antes\s+del\s+año\s+que\s+viene\b|\bsin\s+prisa\b",
+        ),
+    },
+    "budget": {
+        "met": _any(
+            r"\bbudget\s+(?:is\s+|has\s+been\s+|was\s+)?(?:approved|allocated|signed\s+off|set\s+aside|available|in\s+place|confirmed)\b",
+            r"\bwe\s+have\s+(?:a\s+|the\s+)?budget\b|\bbudget\s+of\s+(?:€|\$|£|eur|usd)?\s?\d",
+            r"\bbudget\s+(?:ist\s+)?(?:genehmigt|freigegeben|vorhanden|eingeplant)\b|\bwir\s+haben\s+(?:ein\s+|das\s+)?budget\b",
+            r"\bbudget\s+(?:est\s+)?(?:validé|approuvé|disponible|prévu|débloqué)\b|\bnous\s+avons\s+(?:un\s+|le\s+)?budget\b",
+            r"\bpresupuesto\s+(?:está\s+)?(?:aprobado|asignado|disponible|reservado)\b|\btenemos\s+(?:un\s+|el\s+)?presupuesto\b",
+        ),
+        "not_met": _any(
+            r"\bno\s+budget\b|\bbudget\s+(?:is\s+)?(?:frozen|cut|gone)\b|\bcan(?:no|')t\s+afford\b",
+            r"\bkein\s+budget\b|\bbudget\s+(?:ist\s+)?(?:eingefroren|gestrichen)\b",
+            r"\bpas\s+de\s+budget\b|\bbudget\s+(?:est\s+)?gelé\b",
+            r"\bsin\s+presupuesto\b|\bno\s+tenemos\s+presupuesto\b",
+        ),
+    },
+    "authority": {
+        "met": _any(
+            r"\bi(?:\s+am|'m|’m)\s+(?:the\s+)?(?:one\s+who\s+(?:signs|decides)|decision[- ]maker|final\s+decision|owner|ceo|managing\s+director|md|founder|head\s+of\s+\w+|director\s+of\s+\w+)\b",
+            r"\bi\s+(?:can|will|do)\s+(?:sign|approve|make\s+the\s+(?:final\s+)?(?:decision|call))\b|\bi\s+(?:make|have)\s+the\s+final\s+(?:say|decision)\b|\bmy\s+(?:decision|call)\b",
+            r"\bich\s+(?:entscheide|unterschreibe|bin\s+(?:der|die)\s+(?:geschäftsführer\w*|inhaber\w*|entscheider\w*))\b|\bich\s+kann\s+(?:das\s+)?(?:unterschreiben|freigeben|entscheiden)\b",
+            r"\bc['’]est\s+moi\s+qui\s+(?:signe|décide)\b|\bje\s+(?:décide|signe|suis\s+(?:le|la)\s+(?:gérant|gérante|directeur|directrice|dirigeant\w*|décideur))\b",
+            r"\b(?:yo\s+)?(?:decido|firmo)\s+yo\b|\byo\s+(?:decido|firmo)\b|\bsoy\s+(?:el|la)\s+(?:gerente|director\w*|dueñ[oa]|responsable\s+de\s+la\s+decisión)\b",
+        ),
+        "not_met": _any(
+            r"\bi\s+(?:need|have)\s+to\s+(?:check|run\s+it\s+by|ask|get\s+(?:approval|sign-off))\s+(?:with\s+|from\s+|by\s+)?(?:my\s+)?(?:boss|manager|ceo|cfo|board|director|procurement)\b|\bnot\s+(?:the|my)\s+(?:decision|call)\b",
+            r"\bmuss\s+(?:das\s+)?(?:mit\s+)?(?:meinem\s+chef|der\s+geschäftsführung|dem\s+einkauf)\b|\bentscheide\s+(?:das\s+)?nicht\b",
+            r"\bje\s+dois\s+(?:en\s+parler|voir)\s+(?:avec|à)\s+(?:mon|ma|la)\s+(?:direct\w*|responsable|hiérarchie)\b|\bce\s+n['’]est\s+pas\s+(?:moi|ma\s+décision)\b",
+            r"\btengo\s+que\s+(?:consultarlo|hablarlo)\s+con\s+(?:mi|el|la)\s+(?:jef\w*|director\w*|gerente)\b|\bno\s+(?:es\s+)?(?:mi\s+decisión|decido\s+yo)\b",
+        ),
+    },
+}
+
+
+def bant_facts(text: str) -> dict[str, tuple[str, str]]:
+    """BANT elements the text states outright: element -> (status, the
+    sentence that says it).  A refusal wins over a claim in the same mail."""
+    found: dict[str, tuple[str, str]] = {}
+    sentences = [s.strip() for s in _SENTENCES.findall(text) if s.strip()]
+    for element, statuses in _BANT_RULES.items():
+        for status in ("not_met", "met"):
+            pattern = statuses.get(status)
+            if pattern is None:
+                continue
+            quote = next((s for s in sentences if pattern.search(s)), None)
+            if quote is not None:
+                found[element] = (status, quote)
+                break
+    return found

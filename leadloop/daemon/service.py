@@ -32,6 +32,7 @@ from leadloop.agent.due import run_due
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
 from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
+from leadloop.agent.screening import ScreenStage
 from leadloop.agent.staff import Staff
 from leadloop.agent.stages import build_stages, token_keys
 from leadloop.agent.understand import seed_budget
@@ -630,6 +631,9 @@ class Service:
         for stage in stages:
             stage.policy = policy
             stage.staff = staff
+        for screen in (s for s in self.pipeline.stages if isinstance(s, ScreenStage)):
+            if screen.settings.commands is not None:
+                screen.settings.commands.staff = staff
 
     def _keep_restart_only(self, loaded: LoadedConfig) -> LoadedConfig:
         """The new configuration with the running values of the settings that

@@ -487,3 +487,15 @@ def visible_text(text: str | None, html: str | None = None) -> str:
     except Exception as exc:  # a parser bug must not stop screening
         log.warning("visible_text failed (%s); returning the body", exc.__class__.__name__)
         return _normalise(source).strip()
+
+
+def without_history(text: str | None, html: str | None = None) -> str:
+    """What the person wrote above the quoted mail, signature kept: quotes,
+    reply headers and forwarded originals removed (what a staff ``EDIT``
+    sends, in the staff member's own words and sign-off)."""
+    source = text if text and text.strip() else html_to_text(html or "")
+    try:
+        return _cut_history(_normalise(source)).strip()
+    except Exception as exc:  # a parser bug must not lose the command
+        log.warning("without_history failed (%s); keeping the body", exc.__class__.__name__)
+        return _normalise(source).strip()
