@@ -107,6 +107,9 @@ CONFIG = (
 host = "127.0.0.1"
 port = 9
 
+[validation]
+dns = false
+
 [sending]
 days = "mon-sun"
 hours = "00:00-23:59"

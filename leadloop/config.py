@@ -788,6 +788,18 @@ class HandoffConfig(_Section):
         return [a.lower() for a in value]
 
 
+class ValidationConfig(_Section):
+    """Checking a lead's address before its first touch (``mail/validate.py``)."""
+
+    dns: bool = True
+    """Look the domain up (MX, else A/AAAA).  Off: syntax only."""
+    nameservers: list[str] = Field(default_factory=list)
+    """Resolvers to ask; empty: the system's (``/etc/resolv.conf``)."""
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: Duration = timedelta(seconds=3)
+    """Per lookup; a timeout leaves the address ``unknown``, never ``invalid``."""
+
+
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -810,6 +822,7 @@ class Config(_Section):
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     icp: IcpConfig = Field(default_factory=IcpConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @field_validator("mailboxes")
     @classmethod

@@ -34,6 +34,9 @@ ai_disclosure = "This email was written with the help of an AI assistant."
 [tracking]
 public_url = "https://links.acme.example"
 
+[validation]
+dns = false  # test addresses are in .test/.example: no DNS in tests
+
 {mailbox}
 [smtp]
 host = "127.0.0.1"

@@ -133,7 +133,11 @@ class World:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path, extra: str = CADENCE, service: str = "", imap: ImapServer | None = None
+    tmp_path: Path,
+    extra: str = CADENCE,
+    service: str = "",
+    imap: ImapServer | None = None,
+    identity: str = "",
 ) -> AsyncIterator[World]:
     """The daemon on a Maildir inbox, or on *imap* (a real server on loopback;
     the caller sets ``LL_TEST_IMAP_PASSWORD``)."""
@@ -145,7 +149,8 @@ async def world(
         else:
             write_config(tmp_path, port, extra, mailbox=imap_mailbox(imap))
         config = tmp_path / "config.toml"
-        config.write_text(config.read_text().replace("[service]\n", f"[service]\n{service}"))
+        text = config.read_text().replace("[service]\n", f"[service]\n{service}")
+        config.write_text(text.replace("[identity]\n", f"[identity]\n{identity}"))
         daemon = Service(load(config), clock=clock)
         await daemon.start()
         try:

@@ -23,6 +23,7 @@ the step waits a day and the lead's owner hears of it (an event).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -45,7 +46,7 @@ from leadloop.agent.sendtime import (
     next_window_start,
     plan_touch,
 )
-from leadloop.agent.staff import Staff, escalate, is_hard
+from leadloop.agent.staff import Staff, escalate, is_hard, notify_owner
 from leadloop.config import (
     INSIGHT,
     MERGE_FIELD_PATTERN,
@@ -57,6 +58,7 @@ from leadloop.config import (
     LoadedConfig,
 )
 from leadloop.mail import compose
+from leadloop.mail.validate import Validator
 from leadloop.storage import repo
 from leadloop.storage.db import Database
 from leadloop.storage.models import (
@@ -81,6 +83,7 @@ CHECKOUT_TASK = "checkout.reminder"
 CLOSED_FOR_CHECKOUT = frozenset({State.WON, State.OPTED_OUT, State.INVALID})
 HUMAN_INBOUND = ("reply", "new_inbound")  # inbound kinds written by the buyer
 DUE_CHUNK = 250  # due touches per transaction
+VALIDATE_CHUNK = 200  # new addresses checked per tick
 NOT_SENT = frozenset(
     {
         outbox.Status.SKIPPED,
@@ -280,10 +283,13 @@ class Planner:
         settings: CadenceSettings,
         send: outbox.OutboxSettings,
         writer: TouchWriter | None = None,
+        validator: Validator | None = None,
     ):
         self.db = db
         self.settings = settings
         self.send = send
+        self.validator = validator
+        """Checks new leads' addresses before their first touch."""
         self.writer = writer
         """Writes ``{insight}``; without one the slot stays empty."""
 
@@ -297,6 +303,7 @@ class Planner:
 
     async def tick(self, now: datetime) -> TickResult:
         result = TickResult()
+        await self._validate_new(now)
         async with self.db.transaction() as session:
             await self._enroll(session, now, result)
         async with self.db.transaction() as session:
@@ -355,6 +362,52 @@ class Planner:
                         enrollment.updated_at = now
                         changed += 1
 
+    # -- 0. check new addresses ------------------------------------------------
+    async def _validate_new(self, now: datetime) -> int:
+        """Check the address of every new lead not yet checked (DNS outside
+        any transaction); an invalid one goes to its owner as ``invalid``."""
+        if self.validator is None:
+            return 0
+        async with self.db.sessions() as session:
+            todo = (
+                await session.execute(
+                    select(Lead.id, Lead.email)
+                    .where(Lead.state == State.NEW, Lead.email_status.is_(None))
+                    .order_by(Lead.hand_raiser.desc(), Lead.id)
+                    .limit(VALIDATE_CHUNK)
+                )
+            ).all()
+        if not todo:
+            return 0
+        checked = await asyncio.gather(*(self.validator.check(email) for _, email in todo))
+        async with self.db.transaction() as session:
+            for (lead_id, _), validity in zip(todo, checked, strict=True):
+                lead = await session.get(Lead, lead_id, with_for_update=True)
+                if lead is None or lead.email_status is not None:
+                    continue
+                lead.email_status = validity.status
+                lead.custom = {**(lead.custom or {}), "email_check": validity.as_dict()}
+                repo.add_event(
+                    session,
+                    "lead.validated",
+                    actor=ACTOR,
+                    now=now,
+                    lead_id=lead.id,
+                    reasons=[f"{validity.status}: {validity.reason}"],
+                    data=validity.as_dict(),
+                )
+                if validity.status == "invalid":
+                    reason = f"the address does not work: {validity.reason}"
+                    await to_owner(
+                        session, lead, State.INVALID, actor=ACTOR, reason=reason, now=now
+                    )
+                    if self.staff is not None:
+                        await notify_owner(
+                            session, self.staff, lead, reasons=[reason], now=now,
+                            key=f"owner:{lead.id}:invalid",
+                        )  # fmt: skip
+        return len(todo)
+
     # -- 1. enroll ----------------------------------------------------------------
     async def _enroll(self, session: AsyncSession, now: datetime, result: TickResult) -> None:
         # A lead joins a cadence once.  A lead back from nurture (its date
@@ -376,6 +429,8 @@ class Planner:
             # The segment in SQL, so leads no cadence wants are never read
             # again and again (custom fields are checked in Python).
             query = select(Lead).where(Lead.state.in_(segment.states), eligible)
+            if self.validator is not None:  # a new lead waits for its address check
+                query = query.where(or_(Lead.state != State.NEW, Lead.email_status.is_not(None)))
             if State.NURTURE in segment.states:
                 query = query.where(due_nurture)
             if segment.sources:

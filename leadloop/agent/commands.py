@@ -72,6 +72,11 @@ class Outcome:
     executed: bool = False
 
 
+def carries_command(parsed: ParsedMail) -> bool:
+    """Whether the mail holds one of our command tokens (a reply to a notice)."""
+    return COMMAND_TOKEN.search(parsed.body_text) is not None
+
+
 async def handle_staff_mail(
     session: AsyncSession,
     settings: CommandSettings,
@@ -90,10 +95,6 @@ async def handle_staff_mail(
         subject = keys.open("command", token, now=now)
     except TokenInvalid as exc:
         return _refused(session, item, now, f"command token refused: {exc}", sender)
-    if not dmarc_pass(parsed.header_order, settings.authserv_id):
-        return _refused(
-            session, item, now, "no trusted Authentication-Results with dmarc=pass", sender
-        )
     escalation: Escalation | None = None
     if subject.startswith("e"):
         escalation = await session.get(Escalation, int(subject[1:].split("-")[0]))
@@ -102,6 +103,9 @@ async def handle_staff_mail(
         lead = await session.get(Lead, int(subject[1:].split("-")[0]))
     if lead is None:
         return _refused(session, item, now, "the token's lead or escalation is gone", sender)
+    if not dmarc_pass(parsed.header_order, settings.authserv_id):
+        reason = "no trusted Authentication-Results with dmarc=pass"
+        return _refused(session, item, now, reason, sender, lead)
     allowed = settings.staff.team() | ({lead.owner.lower()} if lead.owner else set())
     if sender not in allowed:
         return _refused(session, item, now, f"{sender} is not on the team", sender, lead)
@@ -141,7 +145,10 @@ async def handle_staff_mail(
             "escalation": escalation.id if escalation else None,
         },
     )
-    mail = done.mail(await card(session, lead))
+    # The confirmation carries a fresh token for the next command (RESUME
+    # after TAKE OVER, EDIT after a refused APPROVE).
+    follow_up = settings.staff.token(subject.split("-")[0], now)
+    mail = done.mail(await card(session, lead), follow_up)
     await outbox.queue_notice(
         session,
         settings.staff.send,

@@ -319,9 +319,18 @@ class Confirmation:
     detail: str
     lines: list[str] = field(default_factory=list)
 
-    def mail(self, card: LeadCard) -> Mail:
+    def mail(self, card: LeadCard, token: str) -> Mail:
         head = "Done" if self.done else "Not done"
         text = "\n".join(
-            [f"{head}: {self.command}", "", self.detail, *self.lines, "", *card.lines()]
+            [
+                f"{head}: {self.command}",
+                "",
+                self.detail,
+                *self.lines,
+                "",
+                *card.lines(),
+                "",
+                command_block(token),
+            ]
         )
         return Mail(f"[leadloop] {head}: {self.command} ({card.email})", text)

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadloop.agent.commands import CommandSettings, handle_staff_mail
+from leadloop.agent.commands import CommandSettings, carries_command, handle_staff_mail
 from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, transition
 from leadloop.agent.outbox import mark_bounced, outbound_id_from_verp
@@ -105,7 +105,12 @@ class ScreenStage:
 
         if reasons := await self._own_mail(session, parsed, staff_first=True):
             return Done(reasons=reasons, updates={"kind": "ignored"})
-        if reasons := await self._staff(session, sender):
+        reasons = await self._staff(session, sender)
+        if not reasons and self.settings.commands is not None and carries_command(parsed):
+            # A notice's token from outside the team: refused, and the mail
+            # is not taken for a buyer's either.
+            reasons = [f"a command token from {sender or 'an unknown sender'}"]
+        if reasons:
             # A staff command needs a valid token and dmarc=pass (commands.py).
             if self.settings.commands is not None:
                 outcome = await handle_staff_mail(

@@ -686,14 +686,18 @@ _COUNT_NOUN = r"(?:vehicles?|vans?|trucks?|lorries|cars?|drivers?|fleet|employee
 _BANT_RULES: dict[str, dict[str, re.Pattern[str]]] = {
     "need": {
         "met": _any(
-            r"\b(?:we|our\s+(?:team|company|fleet))\s+(?:run|have|operate|manage|own|use)s?\s+(?:about\s+|around\s+|roughly\s+|some\s+|over\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\b(?:we|our\s+(?:team|company|fleet))\s+(?:run|have|operate|manage|own|use)s?\s+(?:about\s+|around\s+|roughly\s+|some\s+|over\s+)?\d+\s+(?:\w+\s+)?"
+            + _COUNT_NOUN,
             r"\b(?:we|i)\s+(?:really\s+)?(?:need|are\s+looking\s+for|want)\s+(?:a\s+|an\s+|to\s+)?(?:better\s+|proper\s+|live\s+|real-time\s+)?(?:way\s+to\s+|solution|tool|system|tracking|visibility|cut|reduce|lower|improve|track|see|stop|replace)",
             r"\bour\s+(?:main\s+|biggest\s+)?(?:problem|challenge|pain|issue)\s+is\b",
-            r"\bwir\s+(?:haben|betreiben|fahren|nutzen)\s+(?:etwa\s+|rund\s+|über\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\bwir\s+(?:haben|betreiben|fahren|nutzen)\s+(?:etwa\s+|rund\s+|über\s+)?\d+\s+(?:\w+\s+)?"
+            + _COUNT_NOUN,
             r"\bwir\s+(?:brauchen|suchen|benötigen)\b",
-            r"\bnous\s+(?:avons|gérons|exploitons)\s+(?:environ\s+|plus\s+de\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\bnous\s+(?:avons|gérons|exploitons)\s+(?:environ\s+|plus\s+de\s+)?\d+\s+(?:\w+\s+)?"
+            + _COUNT_NOUN,
             r"\bnous\s+(?:cherchons|avons\s+besoin)\b",
-            r"\b(?:tenemos|gestionamos|operamos)\s+(?:unos\s+|más\s+de\s+)?\d+\s+(?:\w+\s+)?" + _COUNT_NOUN,
+            r"\b(?:tenemos|gestionamos|operamos)\s+(?:unos\s+|más\s+de\s+)?\d+\s+(?:\w+\s+)?"
+            + _COUNT_NOUN,
             r"\b(?:necesitamos|buscamos)\b",
         ),
     },

@@ -47,6 +47,7 @@ from leadloop.daemon.sender import Sender, SentFolder
 from leadloop.daemon.tasks import TaskKeeper
 from leadloop.knowledge.catalog import CatalogError
 from leadloop.knowledge.sources import SourceMissing
+from leadloop.mail.validate import Validator
 from leadloop.policy.playbook import PlaybookError
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
@@ -108,7 +109,13 @@ def build_planner(
     """The cadence planner; the act stage among *stages* writes the touches'
     ``{insight}`` from knowledge."""
     writer = next((s for s in stages if isinstance(s, ActStage)), None)
-    return Planner(db, CadenceSettings.from_config(loaded), send, writer)
+    check = loaded.settings.validation
+    validator = (
+        Validator(check.nameservers or None, port=check.port, timeout=check.timeout.total_seconds())
+        if check.dns
+        else None
+    )
+    return Planner(db, CadenceSettings.from_config(loaded), send, writer, validator)
 
 
 def build_sender(loaded: LoadedConfig, db: Database, clock: Clock, owner: str) -> Sender:

@@ -201,12 +201,14 @@ class Touches(_Section):
 
 class Introduction(_Section):
     """The warm introduction a qualified lead gets, with the seller in CC.
-    Slots: {first_name}, {seller_name}, {seller_email}, {product}, {sender_name}."""
+    Slots: {first_name}, {seller_name}, {seller_email}, {product}, {sender_name},
+    {purchase_link} (its line is left out when empty)."""
 
     template: str = (
         "Hi {first_name},\n\nThank you for your interest in {product}. My colleague "
         "{seller_name} ({seller_email}), in copy, will take it from here and get back to you "
-        "shortly.\n\nBest regards,\n{sender_name}"
+        "shortly.\n\nIf you would like to go ahead right away, you can order here: "
+        "{purchase_link}\n\nBest regards,\n{sender_name}"
     )
     template_de: str | None = None
     template_fr: str | None = None

@@ -107,6 +107,8 @@ class Lead(Base):
     paused_until: Mapped[datetime | None]
     paused_return_state: Mapped[str | None] = mapped_column(String(20))
     nurture_until: Mapped[datetime | None]
+    email_status: Mapped[str | None] = mapped_column(String(16))
+    """deliverable, invalid or unknown once checked (``mail/validate.py``); None before."""
     """In ``nurture``: lead mail may go out again from this time on."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -1,4 +1,5 @@
-"""escalations: a lead a person must look at, with the held draft and reminders
+"""escalations: a lead a person must look at, with the held draft and reminders;
+a lead's checked address status
 
 Revision ID: 0006
 Revises: 0005
@@ -16,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('leads', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('email_status', sa.String(length=16), nullable=True))
     op.create_table('escalations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('lead_id', sa.Integer(), nullable=False),
@@ -46,3 +49,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_escalations_status_due')
         batch_op.drop_index(batch_op.f('ix_escalations_lead_id'))
     op.drop_table('escalations')
+    with op.batch_alter_table('leads', schema=None) as batch_op:
+        batch_op.drop_column('email_status')
