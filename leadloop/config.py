@@ -788,6 +788,20 @@ class HandoffConfig(_Section):
         return [a.lower() for a in value]
 
 
+class AlertsConfig(_Section):
+    """System problems (a paused sender, mail held in doubt, a mailbox that
+    cannot log in, the brain's budget spent) by mail to the operators."""
+
+    to: list[str] = Field(default_factory=list)
+    """Empty: alerts stay events and log lines."""
+    sender: str | None = None
+    """From address; default: leadloop@<our domain>."""
+    smtp: SmtpConfig | None = None
+    """A relay of their own (e.g. the host's MTA), so alerts about the main
+    relay or a paused mailbox still get out; default: ``[smtp]``, used
+    directly, not through the outbox."""
+
+
 class ValidationConfig(_Section):
     """Checking a lead's address before its first touch (``mail/validate.py``)."""
 
@@ -823,6 +837,7 @@ class Config(_Section):
     icp: IcpConfig = Field(default_factory=IcpConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @field_validator("mailboxes")
     @classmethod
@@ -1082,6 +1097,8 @@ def _missing_knowledge(settings: Config, folder: Path) -> Iterator[tuple[tomlpos
 def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], SecretSource]]:
     yield ("database",), settings.database
     yield ("smtp",), settings.smtp
+    if settings.alerts.smtp is not None:
+        yield ("alerts", "smtp"), settings.alerts.smtp
     yield ("tokens",), settings.tokens
     if settings.brain.kind == "openai":
         yield ("brain", "openai"), settings.brain.openai.key_source()

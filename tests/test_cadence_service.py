@@ -122,6 +122,11 @@ class World:
             assert found is not None
             return found
 
+    async def events_all(self, kind: str) -> list[Event]:
+        assert self.service.db is not None
+        async with self.service.db.sessions() as session:
+            return list(await session.scalars(select(Event).where(Event.kind == kind)))
+
     async def events(self, kind: str, lead: Lead) -> list[Event]:
         assert self.service.db is not None
         async with self.service.db.sessions() as session:

@@ -42,6 +42,7 @@ from leadloop.channels.maildir import MaildirInbox
 from leadloop.channels.smtp import SmtpSettings
 from leadloop.clock import Clock, SystemClock
 from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
+from leadloop.daemon.alerts import AlertMailer
 from leadloop.daemon.ingest import ingest_once
 from leadloop.daemon.sender import Sender, SentFolder
 from leadloop.daemon.tasks import TaskKeeper
@@ -341,6 +342,7 @@ class Service:
         await self.pipeline.run_pending()
         await self.plan_touches()
         await self.send_due()
+        await self.mail_alerts()
 
     def _start_watcher(self, watcher: Watcher) -> None:
         name = watcher.config.name
@@ -422,7 +424,21 @@ class Service:
         if ran:
             log.info("due tasks run=%d", ran)
         await self.plan_touches()
+        await self.mail_alerts()
         self.wake.set()
+
+    async def mail_alerts(self) -> None:
+        """Alerts raised since the last sweep go to ``[alerts] to``."""
+        mailer = AlertMailer.from_config(self.loaded)
+        if mailer is None or self.db is None:
+            return
+        try:
+            sent = await mailer.sweep(self.db, self.loaded, self.clock.now())
+        except Exception:
+            log.exception("mailing alerts failed; will try at the next tick")
+            return
+        if sent:
+            log.info("alerts mailed=%d to=%s", sent, ",".join(mailer.to))
 
     async def plan_touches(self) -> None:
         """The cadence tick; a failure is logged and tried again next tick."""

@@ -326,6 +326,16 @@ class Escalation(Base):
     resolution: Mapped[str | None] = mapped_column(Text)
 
 
+class Cursor(Base):
+    """How far a sweep over the events has got (``alerts``: the last alert mailed)."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
 class UsedToken(Base):
     """Single-use command tokens already spent (``mail/tokens.py``)."""
 

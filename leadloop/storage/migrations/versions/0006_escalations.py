@@ -1,5 +1,5 @@
 """escalations: a lead a person must look at, with the held draft and reminders;
-a lead's checked address status
+a lead's checked address status; cursors for sweeps over the events
 
 Revision ID: 0006
 Revises: 0005
@@ -17,6 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('cursors',
+    sa.Column('name', sa.String(length=60), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_cursors'))
+    )
     with op.batch_alter_table('leads', schema=None) as batch_op:
         batch_op.add_column(sa.Column('email_status', sa.String(length=16), nullable=True))
     op.create_table('escalations',
@@ -51,3 +57,4 @@ def downgrade() -> None:
     op.drop_table('escalations')
     with op.batch_alter_table('leads', schema=None) as batch_op:
         batch_op.drop_column('email_status')
+    op.drop_table('cursors')
