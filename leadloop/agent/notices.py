@@ -287,9 +287,14 @@ def disqualified_mail(card: LeadCard, *, reasons: Sequence[str], turns: Sequence
 
 
 def owner_mail(
-    card: LeadCard, *, state: str, reasons: Sequence[str], turns: Sequence[Turn]
+    card: LeadCard,
+    *,
+    state: str,
+    reasons: Sequence[str],
+    turns: Sequence[Turn],
+    headline: str | None = None,
 ) -> Mail:
-    what = {
+    what = headline or {
         "handed_back": "The agent handed this lead back to you and stays silent.",
         "invalid": "This lead's address does not work; the agent stopped.",
         "paused": "The agent paused this lead for you.",
@@ -309,7 +314,8 @@ def owner_mail(
             f"Suggested next action: {next_action(turns)}",
         ]
     )
-    return Mail(f"[leadloop] Over to you: {card.name} ({card.email})", text)
+    title = "For your information" if headline else "Over to you"
+    return Mail(f"[leadloop] {title}: {card.name} ({card.email})", text)
 
 
 @dataclass(frozen=True)

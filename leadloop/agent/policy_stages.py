@@ -31,6 +31,7 @@ from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
 from leadloop.agent.sendtime import SendWindow, lead_zone
 from leadloop.agent.staff import (
+    Referred,
     Staff,
     disqualify,
     escalate,
@@ -39,6 +40,7 @@ from leadloop.agent.staff import (
     intro_for,
     is_hard,
     notify_owner,
+    record_referral,
 )
 from leadloop.agent.understand import BUYER_KINDS
 from leadloop.brain.base import Writer
@@ -50,6 +52,8 @@ from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
 from leadloop.knowledge.index import Hit, KnowledgeIndex
 from leadloop.knowledge.sources import Sources
 from leadloop.mail import compose
+from leadloop.mail.parse import parse_mail
+from leadloop.mail.trust import dmarc_pass
 from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
 from leadloop.policy.meeting import calendar_file, format_times, proposed_times
@@ -290,17 +294,7 @@ class ActStage:
         action = data["action"]
         done: list[str] = []
         if data.get("record_referrals"):
-            referrals = (item.result.get("understanding") or {}).get("referrals") or []
-            repo.add_event(
-                session,
-                "lead.referral",
-                actor=ACTOR,
-                now=now,
-                lead_id=lead.id,
-                inbound_id=item.id,
-                reasons=[f"the buyer points to {len(referrals)} contact(s) for the owner"],
-                data={"owner": lead.owner, "referrals": referrals},
-            )
+            done.append(await self._referrals(session, item, lead, data, now))
         if action == policy.REPLY:
             done.append(await self._reply(session, item, lead, data, now))
         elif action == policy.ESCALATE:
@@ -495,6 +489,121 @@ class ActStage:
         elif data.get("state"):
             await _move(session, lead, State(data["state"]), "; ".join(data["reasons"]), now)
         return f"reply queued (outbound {row.id}, {len(written.answer)} cited sentences)"
+
+    async def _referrals(
+        self,
+        session: AsyncSession,
+        item: InboundMessage,
+        lead: Lead,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> str:
+        """Each referred contact is created or linked with its provenance; a
+        new thread starts only for one in the account's domain named in a
+        DMARC-passing mail; the owner hears of all of them."""
+        referrals = (item.result.get("understanding") or {}).get("referrals") or []
+        header_order = parse_mail(item.raw).header_order if item.raw else []
+        trusted = dmarc_pass(header_order, self.staff.authserv_id)
+        results = []
+        for referral in referrals:
+            if not referral.get("email"):
+                continue
+            found = await record_referral(
+                session,
+                self.staff,
+                lead,
+                name=referral.get("name"),
+                email=referral["email"],
+                trusted=trusted,
+                inbound=item,
+                now=now,
+                actor=ACTOR,
+            )
+            if found.thread:
+                await self._referral_thread(session, item, lead, found, data, now)
+            results.append(found)
+        repo.add_event(
+            session,
+            "lead.referral",
+            actor=ACTOR,
+            now=now,
+            lead_id=lead.id,
+            inbound_id=item.id,
+            reasons=[f"the buyer points to {len(referrals)} contact(s) for the owner"],
+            data={
+                "owner": lead.owner,
+                "referrals": referrals,
+                "leads": [r.lead_id for r in results],
+                "threads": [r.email for r in results if r.thread],
+            },
+        )
+        lines = [
+            f"{r.email}: {'new lead' if r.created else 'known lead'}; {r.why}" for r in results
+        ]
+        names = [f"{r.get('name') or ''} {r.get('email') or ''}".strip() for r in referrals]
+        await notify_owner(
+            session,
+            self.staff,
+            lead,
+            reasons=lines or [f"named without an address: {', '.join(names)}"],
+            now=now,
+            key=f"owner:{lead.id}:referral:{item.id}",
+            headline=f"{lead.email} referred us to {', '.join(names) or 'someone'}.",
+        )
+        return f"{len(results)} referred contact(s) recorded"
+
+    async def _referral_thread(
+        self,
+        session: AsyncSession,
+        item: InboundMessage,
+        referrer: Lead,
+        found: Referred,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """The first mail to the referred contact: a new thread that names
+        who referred them and references the referring mail."""
+        contact = await session.get(Lead, found.lead_id)
+        if contact is None:
+            return
+        p = self.policy
+        inbox = await session.get(Mailbox, item.mailbox_id)
+        box = p.send.box(inbox.name if inbox else None)
+        language = data.get("language") or p.playbook.voice.default_language
+        template, _ = p.playbook.referral_intro.template_for(language)
+        referrer_name = " ".join(n for n in (referrer.first_name, referrer.last_name) if n)
+        text = fill_template(
+            template,
+            {
+                "first_name": contact.first_name or "",
+                "referrer_name": referrer_name or referrer.email,
+                "company": referrer.company or "",
+                "product": await _product_label(session, referrer, p),
+                "sender_name": p.sender_names.get(box.name, "") or box.address,
+            },
+        )
+        parent = (item.message_id or "").strip()
+        await outbox.queue(
+            session,
+            p.send,
+            kind=outbox.Kind.TOUCH,
+            to=[contact.email],
+            subject=compose.reply_subject(item.subject).removeprefix("Re: ") or "Introduction",
+            text=text,
+            now=now,
+            idempotency_key=f"referral:{item.id}:{contact.id}",
+            mailbox=box.name,
+            lead=contact,
+            references=compose.references_for(parent, ()) if parent else (),
+        )
+        await transition(
+            session,
+            contact,
+            State.ENGAGING,
+            actor=ACTOR,
+            reason=f"first mail, referred by {referrer.email}",
+            now=now,
+        )
 
     async def _hand_back(
         self, session: AsyncSession, lead: Lead, reason: str, inbound_id: int, now: datetime

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import due, outbox
-from leadloop.agent.lifecycle import State, can_transition, transition
+from leadloop.agent.lifecycle import State, can_transition, create_lead, transition
 from leadloop.agent.notices import (
     LeadCard,
     Turn,
@@ -87,6 +87,8 @@ class Staff:
     staff_addresses: frozenset[str] = frozenset()
     window: SendWindow = field(default_factory=SendWindow)
     zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    authserv_id: str | None = None
+    """Whose Authentication-Results to believe (a referral's DMARC)."""
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig, send: outbox.OutboxSettings) -> Staff:
@@ -100,6 +102,7 @@ class Staff:
                 settings.sending.days, settings.sending.hours, settings.sending.skip_holidays
             ),
             zone=ZoneInfo(settings.sending.default_timezone),
+            authserv_id=settings.identity.authserv_id,
         )
 
     def supervisors(self, lead: Lead) -> list[str]:
@@ -556,8 +559,10 @@ async def notify_owner(
     reasons: Sequence[str],
     now: datetime,
     key: str,
+    headline: str | None = None,
 ) -> bool:
-    """Mail the lead's owner (else the supervisors) that the lead is theirs."""
+    """Mail the lead's owner (else the supervisors) that the lead is theirs,
+    or (*headline*) what they should know of it."""
     to = staff.owner_of(lead)
     if not to:
         return False
@@ -566,6 +571,7 @@ async def notify_owner(
         state=lead.state,
         reasons=reasons,
         turns=await turns_of(session, lead),
+        headline=headline,
     )
     await outbox.queue_notice(
         session,
@@ -578,6 +584,92 @@ async def notify_owner(
         lead=lead,
     )
     return True
+
+
+@dataclass(frozen=True)
+class Referred:
+    """What became of one contact a buyer referred us to."""
+
+    email: str
+    lead_id: int
+    created: bool
+    thread: bool
+    why: str
+
+
+async def record_referral(
+    session: AsyncSession,
+    staff: Staff,
+    referrer: Lead,
+    *,
+    name: str | None,
+    email: str,
+    trusted: bool,
+    inbound: InboundMessage,
+    now: datetime,
+    actor: str,
+) -> Referred:
+    """Create (or link) the referred contact at the referrer's account, with
+    where it came from.  A new thread may be started only when the address is
+    in the account's own domain and the referring mail passed DMARC; any
+    other referred contact is kept for the owner and never mailed
+    automatically (recorded without consent)."""
+    address = email.strip().lower()
+    account = await session.get(Account, referrer.account_id) if referrer.account_id else None
+    domain = address.rsplit("@", 1)[-1]
+    own_domain = referrer.email.rsplit("@", 1)[-1].lower()
+    same = domain == (account.domain if account else own_domain)
+    thread = same and trusted
+    why = (
+        "in the account's domain and the referring mail passed DMARC: a new thread may start"
+        if thread
+        else "kept for the owner: "
+        + ("not in the account's domain" if not same else "the referring mail did not pass DMARC")
+    )
+    existing = await session.scalar(select(Lead).where(Lead.email == address))
+    provenance = {
+        "referred_by": referrer.email,
+        "referred_in": inbound.id,
+        "referred_at": now.isoformat(),
+    }
+    if existing is not None:
+        existing.custom = {**(existing.custom or {}), "referrals": [
+            *((existing.custom or {}).get("referrals") or []), provenance]}  # fmt: skip
+        found, created = existing, False
+    else:
+        first, _, last = (name or "").strip().partition(" ")
+        found = Lead(
+            email=address,
+            first_name=first or None,
+            last_name=last or None,
+            company=referrer.company,
+            account_id=account.id if account and same else None,
+            country=referrer.country,
+            timezone=referrer.timezone,
+            source="referral",
+            owner=referrer.owner,
+            consent="unknown" if thread else "denied",
+            custom=provenance,
+        )
+        await create_lead(
+            session,
+            found,
+            actor=actor,
+            reason=f"referred by {referrer.email} (inbound {inbound.id}); {why}",
+            now=now,
+        )
+        created = True
+    repo.add_event(
+        session,
+        "lead.referred",
+        actor=actor,
+        now=now,
+        lead_id=found.id,
+        inbound_id=inbound.id,
+        reasons=[f"referred by {referrer.email}: {why}"],
+        data={**provenance, "created": created, "thread": thread and created},
+    )
+    return Referred(address, found.id, created, thread and created, why)
 
 
 def intro_for(

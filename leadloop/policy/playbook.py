@@ -219,10 +219,23 @@ class Introduction(_Section):
         return (local, language) if local else (self.template, "en")
 
 
+class ReferralIntro(Introduction):
+    """The first mail to someone a buyer referred us to, in a new thread that
+    names who referred them.  Slots: {first_name}, {referrer_name},
+    {company}, {product}, {sender_name}."""
+
+    template: str = (
+        "Hi {first_name},\n\n{referrer_name} suggested I get in touch with you about "
+        "{product} for {company}. Would a short call be useful, or is there a better time "
+        "to write?\n\nBest regards,\n{sender_name}"
+    )
+
+
 class Playbook(_Section):
     voice: Voice = Field(default_factory=Voice)
     touches: Touches = Field(default_factory=Touches)
     introduction: Introduction = Field(default_factory=Introduction)
+    referral_intro: ReferralIntro = Field(default_factory=ReferralIntro)
     groups: list[Group]
     tactics: Tactics
     bant: Bant
