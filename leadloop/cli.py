@@ -311,6 +311,55 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def cmd_escalations(args: argparse.Namespace) -> int:
+    from leadloop.storage import queries
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        async with _database(loaded) as db:
+            if args.action == "list":
+                rows = await queries.escalations(db, everything=args.all)
+                if args.json:
+                    for row in rows:
+                        print(json.dumps(row))
+                else:
+                    _table(
+                        [
+                            (r["id"], r["lead"], r["condition"][:40], r["status"], r["opened_at"],
+                             ", ".join(r["supervisors"]))
+                            for r in rows
+                        ],
+                        ("ID", "LEAD", "CONDITION", "STATUS", "OPENED", "SUPERVISORS"),
+                        sys.stdout,
+                    )  # fmt: skip
+                return EXIT_OK
+            if args.id is None:
+                print("escalations show needs an escalation ID", file=sys.stderr)
+                return EXIT_USAGE
+            detail = await queries.escalation_detail(db, args.id)
+            if detail is None:
+                print(f"no escalation {args.id}", file=sys.stderr)
+                return EXIT_FAILURE
+            if args.json:
+                print(json.dumps(detail, indent=2))
+                return EXIT_OK
+            for key, value in detail.items():
+                if key in ("reasons", "draft"):
+                    continue
+                print(f"{key:14} {value if value is not None else ''}")
+            print("\nreasons:")
+            for reason in detail["reasons"]:
+                print(f"  - {reason}")
+            if detail["draft"]:
+                hard = " (failed a hard check: APPROVE is refused)" if detail["draft_hard"] else ""
+                print(f"\nheld draft{hard}:")
+                print("\n".join(f"  | {line}" for line in detail["draft"].splitlines()))
+            return EXIT_OK
+
+    return _run_async(main())
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     from leadloop.agent import outbox
     from leadloop.clock import SystemClock
@@ -612,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="list mail in this status (repeatable; default: held, failed, in_doubt)",
     )
+    p.add_argument("--json", action="store_true")
+
+    p = add("escalations", cmd_escalations, "leads a person must look at")
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--all", action="store_true", help="resolved ones too")
     p.add_argument("--json", action="store_true")
 
     p = add("resume", cmd_resume, "let a paused mailbox send again")

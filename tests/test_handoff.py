@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from email.message import EmailMessage, Message
 from pathlib import Path
@@ -65,6 +68,13 @@ def staff_reply(
     quoted = "\n".join(f"> {line}" for line in text_of(parent).splitlines())
     msg.set_content(f"{body}\n\nOn Monday, leadloop wrote:\n{quoted}\n")
     return msg.as_bytes()
+
+
+def run_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "leadloop", *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout
 
 
 def notices(w: World, to: str, subject: str) -> list[EmailMessage]:
@@ -235,3 +245,11 @@ async def test_escalations_are_reminded_and_hard_failures_need_edit(
             )
             assert len(list(events)) == 1
         assert re.search(r"Command token: \S+", text_of(reminder))
+        # The CLI shows it.
+        config = str(tmp_path / "config.toml")
+        listed = run_cli("escalations", "list", "--json", "--config", config)
+        [row] = [json.loads(line) for line in listed.splitlines()]
+        assert (row["lead"], row["status"]) == (lead.email, "reminded")
+        shown = run_cli("escalations", "show", str(row["id"]), "--config", config)
+        assert "held draft (failed a hard check: APPROVE is refused)" in shown
+        assert "| Professional is only EUR 9 per vehicle." in shown

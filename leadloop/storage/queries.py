@@ -10,6 +10,7 @@ from leadloop.storage import repo
 from leadloop.storage.db import Database
 from leadloop.storage.models import (
     Account,
+    Escalation,
     Event,
     InboundMessage,
     Lead,
@@ -210,3 +211,46 @@ async def outbound_detail(db: Database, outbound_id: int) -> dict[str, Any] | No
         }
     )
     return detail
+
+
+def _escalation(row: Escalation, email: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "lead": email,
+        "condition": row.condition,
+        "status": row.status,
+        "opened_at": row.opened_at.isoformat(),
+        "remind_at": row.remind_at.isoformat() if row.remind_at else None,
+        "reminded_at": row.reminded_at.isoformat() if row.reminded_at else None,
+        "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+        "resolved_by": row.resolved_by,
+        "resolution": row.resolution,
+        "supervisors": list(row.supervisors or []),
+    }
+
+
+async def escalations(db: Database, *, everything: bool = False) -> list[dict[str, Any]]:
+    """Open and reminded escalations (*everything*: resolved ones too), oldest first."""
+    async with db.sessions() as session:
+        query = select(Escalation, Lead.email).join(Lead, Lead.id == Escalation.lead_id)
+        if not everything:
+            query = query.where(Escalation.status != "resolved")
+        rows = await session.execute(query.order_by(Escalation.id))
+        return [_escalation(row, email) for row, email in rows]
+
+
+async def escalation_detail(db: Database, escalation_id: int) -> dict[str, Any] | None:
+    async with db.sessions() as session:
+        row = await session.get(Escalation, escalation_id)
+        if row is None:
+            return None
+        lead = await session.get(Lead, row.lead_id)
+        detail = _escalation(row, lead.email if lead else "")
+        detail.update(
+            reasons=list(row.reasons or []),
+            draft=row.draft,
+            draft_hard=row.draft_hard,
+            inbound_id=row.inbound_id,
+            lead_state=lead.state if lead else None,
+        )
+        return detail
