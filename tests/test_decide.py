@@ -131,9 +131,10 @@ def test_bant_is_asked_one_element_at_a_time_in_order() -> None:
 
 
 def test_unclear_replies_hand_back_after_n() -> None:
-    assert run(understood("other"), conversation=Conversation(undetected=1)).action == REPLY
-    third = run(understood("other"), conversation=Conversation(undetected=2))
-    assert (third.action, third.state) == (HAND_BACK, "handed_back")
+    # The seed's default: two unclear replies in a row go back to the owner.
+    assert run(understood("other"), conversation=Conversation(undetected=0)).action == REPLY
+    second = run(understood("other"), conversation=Conversation(undetected=1))
+    assert (second.action, second.state) == (HAND_BACK, "handed_back")
 
 
 @pytest.mark.parametrize(

@@ -153,7 +153,8 @@ class Escalation(_Section):
 
 
 class HandBack(_Section):
-    undetected_replies: int = Field(default=3, ge=1, le=20)
+    undetected_replies: int = Field(default=2, ge=1, le=20)
+    """Unclear replies in a row before the owner takes over (the seed: 2)."""
 
 
 class Angle(_Section):
