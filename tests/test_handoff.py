@@ -253,3 +253,19 @@ async def test_escalations_are_reminded_and_hard_failures_need_edit(
         shown = run_cli("escalations", "show", str(row["id"]), "--config", config)
         assert "held draft (failed a hard check: APPROVE is refused)" in shown
         assert "| Professional is only EUR 9 per vehicle." in shown
+
+
+async def test_a_looping_lead_is_escalated_once(tmp_path: Path) -> None:
+    extra = CADENCE + HANDOFF + "\n[screening]\nsender_per_10min = 3\n"
+    async with world(tmp_path, extra) as w:
+        lead = await w.lead("bot@northwind.test")
+        await w.run_until(utc("2026-03-02", 10))
+        parent = w.sent[lead.email][0].message
+        for n in range(5):
+            w.deliver(buyer_mail(lead.email, parent, f"Automatic acknowledgement number {n}."))
+        await w.hour()
+        await w.hour()
+        assert await w.state(lead) == "paused"
+        [escalated] = await w.events("lead.escalated", lead)
+        assert escalated.data["condition"] == "loop_suspected"
+        assert len(notices(w, BOSS, "loop_suspected")) == 1  # once, not per looping mail

@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent.commands import CommandSettings, carries_command, handle_staff_mail
 from leadloop.agent.leads import lead_by_email
-from leadloop.agent.lifecycle import State, transition
+from leadloop.agent.lifecycle import SENDING_STATES, State, transition
 from leadloop.agent.outbox import mark_bounced, outbound_id_from_verp
 from leadloop.agent.pipeline import Done, Next, Outcome, StageContext
+from leadloop.agent.staff import escalate
 from leadloop.config import LoadedConfig
 from leadloop.mail.autoreply import detect_auto_reply
 from leadloop.mail.bounce import BounceReport, read_bounce
@@ -172,6 +173,21 @@ class ScreenStage:
                 inbound_id=item.id,
                 reasons=reasons,
             )
+            # A lead whose address loops: the supervisors look at it once.
+            lead = await lead_by_email(session, sender)
+            commands = self.settings.commands
+            if lead is not None and commands is not None and lead.state in SENDING_STATES:
+                await escalate(
+                    session,
+                    commands.staff,
+                    lead,
+                    condition="loop_suspected",
+                    reasons=reasons,
+                    now=now,
+                    actor="pipeline.screen",
+                    inbound_id=item.id,
+                )
+                reasons.append("the lead is paused and escalated")
             return Done(reasons=reasons, updates={"kind": "loop"})
 
         result = {
