@@ -30,15 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
 from leadloop.agent.lifecycle import SENDING_STATES, State, can_transition, transition
-from leadloop.agent.notices import Confirmation, handoff_mail
+from leadloop.agent.notices import Confirmation
 from leadloop.agent.staff import (
     Staff,
     card,
     disqualify,
-    evidence,
     open_escalations,
     resolve,
-    turns_of,
+    send_handoff,
 )
 from leadloop.mail.parse import ParsedMail
 from leadloop.mail.reply import without_history
@@ -358,27 +357,15 @@ async def _reassign(
         data={"owner": target},
     )
     if lead.state == State.QUALIFIED:
-        proof = await evidence(session, lead, staff.icp)
-        mail = handoff_mail(
-            await card(session, lead),
+        await send_handoff(
+            session,
+            staff,
+            lead,
             seller=target,
-            fit=proof.fit,
-            bant=proof.bant,
-            interest=proof.interest,
-            turns=await turns_of(session, lead),
             reasons=[f"reassigned to you by {by}"],
             intro_sent=False,
-            token=staff.token(f"l{lead.id}", now),
-        )
-        await outbox.queue_notice(
-            session,
-            staff.send,
-            to=[target],
-            subject=mail.subject,
-            text=mail.text,
             now=now,
-            idempotency_key=f"handoff:{lead.id}:{target}:{now:%Y%m%d%H%M%S}",
-            lead=lead,
+            key=f"handoff:{lead.id}:{target}:{now:%Y%m%d%H%M%S}",
         )
     return Confirmation("REASSIGN", True, f"{lead.email} now belongs to {target}.")
 

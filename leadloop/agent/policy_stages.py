@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent import outbox
@@ -31,6 +31,7 @@ from leadloop.agent.pipeline import Next, Outcome, StageContext
 from leadloop.agent.screening import suppress
 from leadloop.agent.sendtime import SendWindow, lead_zone
 from leadloop.agent.staff import (
+    Intro,
     Referred,
     Staff,
     disqualify,
@@ -39,6 +40,7 @@ from leadloop.agent.staff import (
     hand_to_seller,
     intro_for,
     is_hard,
+    next_seller,
     notify_owner,
     record_referral,
 )
@@ -48,7 +50,7 @@ from leadloop.brain.drafts import DraftRejected, Passage, Sentence
 from leadloop.brain.openai_brain import BrainPaused
 from leadloop.brain.understanding import Understanding
 from leadloop.config import CadenceStep, LoadedConfig
-from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
+from leadloop.knowledge.catalog import Catalog, CatalogError, Product, load_catalog
 from leadloop.knowledge.index import Hit, KnowledgeIndex
 from leadloop.knowledge.sources import Sources
 from leadloop.mail import compose
@@ -58,7 +60,7 @@ from leadloop.policy import decide as policy
 from leadloop.policy.guardrails import check_draft
 from leadloop.policy.meeting import calendar_file, format_times, proposed_times
 from leadloop.policy.playbook import Playbook, PlaybookError, Tactic, load_playbook
-from leadloop.policy.qualify import handoff, pick_seller
+from leadloop.policy.qualify import handoff
 from leadloop.policy.write import (
     answer_from,
     fill_reply,
@@ -632,30 +634,16 @@ class ActStage:
         """A seller gets the lead; the lead a warm introduction (in its
         language) with the seller in CC, and the purchase link it asked for."""
         p = self.policy
-        language = data.get("language") or p.playbook.voice.default_language
         inbox = await session.get(Mailbox, item.mailbox_id)
-        box = p.send.box(inbox.name if inbox else None)
         product = p.catalog.by_sku(data["product"]) if data.get("product") else None
-        turn = await session.scalar(
-            select(func.count()).select_from(Event).where(Event.kind == "lead.handed_off")
-        )
-        seller = pick_seller(lead.owner, self.staff.handoff, int(turn or 0)) or ""
-        template, _ = p.playbook.introduction.template_for(language)
-        slots = {
-            "first_name": lead.first_name or "",
-            "seller_name": _name_of(seller),
-            "seller_email": seller,
-            "product": product.name if product else await _product_label(session, lead, p),
-            "sender_name": p.sender_names.get(box.name, "") or box.address,
-            "purchase_link": product.purchase_url
-            if product and data["intent"] == "purchase_intent"
-            else "",
-        }
-        intro = intro_for(
-            text=fill_template(template, slots),
-            inbound=item,
-            subject=item.subject or "",
-            mailbox=box.name,
+        intro = await self._intro(
+            session,
+            lead,
+            item,
+            data.get("language") or p.playbook.voice.default_language,
+            p.send.box(inbox.name if inbox else None).name,
+            product,
+            purchase=data["intent"] == "purchase_intent",
         )
         return await hand_to_seller(
             session,
@@ -668,6 +656,35 @@ class ActStage:
             inbound_id=item.id,
         )
 
+    async def _intro(
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        inbound: InboundMessage | None,
+        language: str,
+        mailbox: str,
+        product: Product | None = None,
+        *,
+        purchase: bool = False,
+    ) -> Intro:
+        """The warm introduction in *language*, naming the seller the lead
+        goes to, answering *inbound* (with the purchase link it asked for)."""
+        p = self.policy
+        seller = await next_seller(session, self.staff, lead) or ""
+        template, _ = p.playbook.introduction.template_for(language)
+        slots = {
+            "first_name": lead.first_name or "",
+            "seller_name": _name_of(seller),
+            "seller_email": seller,
+            "product": product.name if product else await _product_label(session, lead, p),
+            "sender_name": p.sender_names.get(mailbox, "") or p.send.box(mailbox).address,
+            "purchase_link": product.purchase_url if product and purchase else "",
+        }
+        subject = (inbound.subject if inbound else None) or ""
+        return intro_for(
+            text=fill_template(template, slots), inbound=inbound, subject=subject, mailbox=mailbox
+        )
+
     async def close_conversation(
         self, session: AsyncSession, lead: Lead, reason: str, now: datetime
     ) -> str:
@@ -678,27 +695,15 @@ class ActStage:
         rules = handoff(proof.interest, proof.bant, self.staff.handoff, conversation_ended=True)
         reasons = [reason, *rules.reasons]
         if rules.outcome == "qualified":
-            p = self.policy
-            box = p.send.box(None)
-            seller = pick_seller(lead.owner, self.staff.handoff, 0) or ""
-            language = p.playbook.voice.default_language
-            template, _ = p.playbook.introduction.template_for(language)
-            slots = {
-                "first_name": lead.first_name or "",
-                "seller_name": _name_of(seller),
-                "seller_email": seller,
-                "product": await _product_label(session, lead, p),
-                "sender_name": p.sender_names.get(box.name, "") or box.address,
-            }
             last = await session.scalar(
                 select(InboundMessage)
                 .where(InboundMessage.lead_id == lead.id, InboundMessage.kind.in_(BUYER_KINDS))
                 .order_by(InboundMessage.received_at.desc())
                 .limit(1)
             )
-            intro = intro_for(
-                text=fill_template(template, slots), inbound=last, subject="", mailbox=box.name
-            )
+            p = self.policy
+            language = p.playbook.voice.default_language
+            intro = await self._intro(session, lead, last, language, p.send.box(None).name)
             return await hand_to_seller(
                 session, self.staff, lead, reasons=reasons, now=now, actor=ACTOR, intro=intro,
                 proof=proof,

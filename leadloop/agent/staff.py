@@ -410,6 +410,14 @@ class Intro:
     references: Sequence[str] = ()
 
 
+async def next_seller(session: AsyncSession, staff: Staff, lead: Lead) -> str | None:
+    """Who gets *lead* if it is qualified now: its owner, else the team in turn."""
+    turn = await session.scalar(
+        select(func.count()).select_from(Event).where(Event.kind == "lead.handed_off")
+    )
+    return pick_seller(lead.owner, staff.handoff, int(turn or 0))
+
+
 async def hand_to_seller(
     session: AsyncSession,
     staff: Staff,
@@ -424,10 +432,7 @@ async def hand_to_seller(
 ) -> str:
     """``qualified``: a seller gets the lead with the evidence; the lead gets
     a warm introduction with the seller in CC (when *intro* is given)."""
-    turn = await session.scalar(
-        select(func.count()).select_from(Event).where(Event.kind == "lead.handed_off")
-    )
-    seller = pick_seller(lead.owner, staff.handoff, int(turn or 0))
+    seller = await next_seller(session, staff, lead)
     proof = proof or await evidence(session, lead, staff.icp)
     if not can_transition(lead, State.QUALIFIED):
         return f"not qualified: the lead is {lead.state}"
@@ -466,26 +471,16 @@ async def hand_to_seller(
             in_reply_to=intro.in_reply_to,
             references=intro.references,
         )
-    mail = handoff_mail(
-        await card(session, lead),
+    await send_handoff(
+        session,
+        staff,
+        lead,
         seller=seller,
-        fit=proof.fit,
-        bant=proof.bant,
-        interest=proof.interest,
-        turns=await turns_of(session, lead),
         reasons=reasons,
         intro_sent=intro_row is not None,
-        token=staff.token(f"l{lead.id}", now),
-    )
-    await outbox.queue_notice(
-        session,
-        staff.send,
-        to=[seller],
-        subject=mail.subject,
-        text=mail.text,
         now=now,
-        idempotency_key=f"handoff:{lead.id}:{seller}",
-        lead=lead,
+        key=f"handoff:{lead.id}:{seller}",
+        proof=proof,
     )
     repo.add_event(
         session,
@@ -504,6 +499,44 @@ async def hand_to_seller(
         },
     )
     return f"qualified: handed to {seller}" + (" with a warm introduction" if intro_row else "")
+
+
+async def send_handoff(
+    session: AsyncSession,
+    staff: Staff,
+    lead: Lead,
+    *,
+    seller: str,
+    reasons: Sequence[str],
+    intro_sent: bool,
+    now: datetime,
+    key: str,
+    proof: Evidence | None = None,
+) -> None:
+    """The hand-off mail to *seller*: the lead, its fit, BANT with the
+    evidence, interest, a dated summary and the thread, and commands."""
+    proof = proof or await evidence(session, lead, staff.icp)
+    mail = handoff_mail(
+        await card(session, lead),
+        seller=seller,
+        fit=proof.fit,
+        bant=proof.bant,
+        interest=proof.interest,
+        turns=await turns_of(session, lead),
+        reasons=reasons,
+        intro_sent=intro_sent,
+        token=staff.token(f"l{lead.id}", now),
+    )
+    await outbox.queue_notice(
+        session,
+        staff.send,
+        to=[seller],
+        subject=mail.subject,
+        text=mail.text,
+        now=now,
+        idempotency_key=key,
+        lead=lead,
+    )
 
 
 async def disqualify(

@@ -41,7 +41,26 @@ class Group(_Section):
     intents: list[str]
 
 
-class Tactic(_Section):
+class _Searched(_Section):
+    """A ``search`` setting: knowledge documents (names ending in .md) and
+    keywords, comma-separated."""
+
+    search: str = ""
+
+    @property
+    def documents(self) -> list[str]:
+        return [part.strip() for part in self.search.split(",") if part.strip().endswith(".md")]
+
+    @property
+    def keywords(self) -> list[str]:
+        return [
+            part.strip()
+            for part in self.search.split(",")
+            if part.strip() and not part.strip().endswith(".md")
+        ]
+
+
+class Tactic(_Searched):
     tactic: str
     instructions: str = ""
     template: str = ""
@@ -49,7 +68,6 @@ class Tactic(_Section):
     template_de: str | None = None
     template_fr: str | None = None
     template_es: str | None = None
-    search: str = ""
     discount: str | None = None
     template_times: str | None = None
     """(meeting_request) Used when no booking link is configured: proposes
@@ -68,18 +86,6 @@ class Tactic(_Section):
     @property
     def sends(self) -> bool:
         return bool(self.template.strip())
-
-    @property
-    def documents(self) -> list[str]:
-        return [part.strip() for part in self.search.split(",") if part.strip().endswith(".md")]
-
-    @property
-    def keywords(self) -> list[str]:
-        return [
-            part.strip()
-            for part in self.search.split(",")
-            if part.strip() and not part.strip().endswith(".md")
-        ]
 
 
 class ObjectionTactics(Tactic):
@@ -157,25 +163,11 @@ class HandBack(_Section):
     """Unclear replies in a row before the owner takes over (the seed: 2)."""
 
 
-class Angle(_Section):
+class Angle(_Searched):
     """What a cadence touch with this angle draws on (``[touches.<angle>]``)."""
 
-    search: str = ""
-    """Like a tactic's: knowledge documents (names ending in .md) and keywords."""
     instructions: str = ""
     """For a brain that writes: what the touch is to do."""
-
-    @property
-    def documents(self) -> list[str]:
-        return [part.strip() for part in self.search.split(",") if part.strip().endswith(".md")]
-
-    @property
-    def keywords(self) -> list[str]:
-        return [
-            part.strip()
-            for part in self.search.split(",")
-            if part.strip() and not part.strip().endswith(".md")
-        ]
 
 
 ANGLES = ("value", "proof", "objection", "last_call")
