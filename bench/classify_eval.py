@@ -1,6 +1,7 @@
 """Score a brain on the frozen evaluation split and time it.
 
-Prints intent macro-F1, per-intent precision and recall, objection-type F1,
+Prints intent macro-F1, per-intent precision and recall, BANT status
+precision and recall, objection-type F1,
 the recall of unsubscribe, human_request and out_of_office (targets: macro-F1
 >= 0.85, each recall >= 0.98), injection recall, the classify latency per
 message (p50 and p95; target p50 < 5 ms) and the brain's load time.
@@ -92,6 +93,11 @@ def main() -> int:
         recall = figures["safety_recall"][intent]
         print(f"recall {intent:15} {recall:.3f}   target >= 0.98: {_verdict(recall >= 0.98)}")
     print(f"injection recall       {figures['injection_recall']:.3f}")
+    for status, scores in figures["bant"].items():
+        print(
+            f"BANT {status:8}          precision {scores['precision']:.3f} "
+            f"recall {scores['recall']:.3f}  (over the four elements)"
+        )
     print(f"objection-type F1      {figures['objection_f1']:.3f}  (micro over the six types)")
     for kind, f1 in figures["objection_types"].items():
         print(f"  {kind:20} {f1:.3f}")

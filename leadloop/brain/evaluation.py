@@ -60,6 +60,8 @@ class Report:
     latencies: list[float] = field(default_factory=list)
     mistakes: list[tuple[str, str, str]] = field(default_factory=list)
     """(id, expected, predicted) for every wrong intent."""
+    bant: dict[str, Counts] = field(default_factory=dict)
+    """BANT statuses ``met`` and ``not_met``, over the four elements."""
 
     @property
     def macro_f1(self) -> float:
@@ -97,6 +99,10 @@ class Report:
             "objection_types": {k: round(c.f1, 4) for k, c in self.objections.items()},
             "safety_recall": {k: round(self.intents[k].recall, 4) for k in SAFETY},
             "injection_recall": round(self.injection.recall, 4),
+            "bant": {
+                k: {"precision": round(c.precision, 4), "recall": round(c.recall, 4)}
+                for k, c in self.bant.items()
+            },
             "latency_ms": {
                 "p50": round(self.percentile(0.5) * 1000, 3),
                 "p95": round(self.percentile(0.95) * 1000, 3),
@@ -125,6 +131,15 @@ async def evaluate(brain: Brain, rows: list[dict[str, Any]]) -> Report:
             counts.tp += expected and found
             counts.fp += found and not expected
             counts.fn += expected and not found
+        for element in ("budget", "authority", "need", "timing"):
+            label = row["bant"][element]  # the data's label: the status itself
+            expected = label.get("status", "unknown") if isinstance(label, dict) else label
+            found = getattr(got.bant, element).status
+            for status in ("met", "not_met"):
+                counts = report.bant.setdefault(status, Counts())
+                counts.tp += expected == status and found == status
+                counts.fp += found == status and expected != status
+                counts.fn += expected == status and found != status
         report.injection.tp += bool(row["injection"]) and got.injection
         report.injection.fp += got.injection and not row["injection"]
         report.injection.fn += bool(row["injection"]) and not got.injection
