@@ -44,7 +44,7 @@ from leadloop.mail.reply import without_history
 from leadloop.mail.tokens import REPLY_TOKEN, TokenInvalid, token_digest
 from leadloop.mail.trust import dmarc_pass
 from leadloop.storage import repo
-from leadloop.storage.models import Escalation, InboundMessage, Lead
+from leadloop.storage.models import Escalation, InboundMessage, Lead, UsedToken
 
 log = logging.getLogger("leadloop.agent.commands")
 COMMAND_TOKEN = re.compile(
@@ -183,8 +183,6 @@ def _refused(
 
 
 async def _unspend(session: AsyncSession, token: str) -> None:
-    from leadloop.storage.models import UsedToken
-
     used = await session.scalar(select(UsedToken).where(UsedToken.digest == token_digest(token)))
     if used is not None:
         await session.delete(used)

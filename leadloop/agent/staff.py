@@ -196,10 +196,9 @@ async def evidence(
     session: AsyncSession,
     lead: Lead,
     criteria: Sequence[IcpCriterion],
-    extra: dict[str, Any] | None = None,
 ) -> Evidence:
-    """ICP fit, BANT over the whole conversation and purchase interest;
-    *extra* is an understanding not yet recorded (the reply being decided)."""
+    """ICP fit, BANT over the whole conversation (every recorded
+    understanding, the reply being decided included) and purchase interest."""
     rows = (
         await session.execute(
             select(Event.data, Event.inbound_id, InboundMessage.received_at)
@@ -211,8 +210,6 @@ async def evidence(
     understood: list[tuple[datetime | None, int | None, dict[str, Any]]] = [
         (at, inbound_id, data or {}) for data, inbound_id, at in rows
     ]
-    if extra is not None:
-        understood.append((None, None, extra))
     account = await session.get(Account, lead.account_id) if lead.account_id else None
     lead_fields = {
         "country": lead.country,
