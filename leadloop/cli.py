@@ -518,19 +518,41 @@ def _print_preview(shown: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from leadloop.daemon.replay import replay
+    """Replay DIR.  With ``--expect``, the decisions are then diffed against
+    the file on standard error (standard output keeps only the JSON lines),
+    and any difference fails the command as a pipeline failure does."""
+    from leadloop.daemon.replay import (
+        ExpectationError,
+        Expectations,
+        compare,
+        expect_summary,
+        load_expectations,
+        replay,
+    )
 
     loaded = _load(args)
     _setup_logging("warning")
+    directory = Path(args.directory)
 
-    async def main() -> int:
-        result = await replay(Path(args.directory), loaded, sys.stdout)
-        return result.exit_code
+    async def main(expected: Expectations | None) -> int:
+        result = await replay(directory, loaded, sys.stdout)
+        if expected is None:
+            return result.exit_code
+        mismatches = compare(expected, result.lines)
+        for mismatch in mismatches:
+            print(mismatch.describe(), file=sys.stderr)
+        print(expect_summary(len(expected), mismatches), file=sys.stderr)
+        return EXIT_FAILURE if mismatches else result.exit_code
 
     try:
-        return _run_async(main())
+        # Read before replaying, so a mistyped file costs no replay.
+        expected = load_expectations(Path(args.expect), directory) if args.expect else None
+        return _run_async(main(expected))
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except ExpectationError as exc:
+        print(f"leadloop replay: --expect {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -682,6 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", cmd_replay, "replay a folder of .eml files (JSON lines)")
     p.add_argument("directory")
     p.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
+    p.add_argument(
+        "--expect",
+        metavar="FILE.yaml",
+        help="expected kind, intent and action per file; mismatches go to stderr, exit 1",
+    )
     return parser
 
 

@@ -5,6 +5,9 @@ DIR holds inbound ``.eml`` files, fed in name order, and optionally
 stored as ours so replies thread to it).  Everything runs against a scratch
 database with a captured outbox (nothing leaves the machine) and a clock
 that moves to each message's Date but never backwards.
+
+``--expect FILE.yaml`` then compares the decisions with what QA expected
+for each inbound file (`load_expectations`, `compare`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
 from sqlalchemy import select
 
 from leadloop.agent.due import run_due
@@ -43,10 +48,19 @@ REPLAY_MAILBOX = "replay"
 CAPTURED = "captured"
 
 
+# The decisions an --expect file may pin, in the order mismatches are shown.
+EXPECT_KEYS = ("kind", "intent", "action")
+
+# file name -> key (one of EXPECT_KEYS) -> the value expected (null included).
+Expectations = dict[str, dict[str, str | None]]
+
+
 @dataclass
 class ReplayResult:
     messages: int = 0
     failed: int = 0
+    # The inbound lines as printed, so --expect compares what QA saw.
+    lines: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -54,6 +68,8 @@ class ReplayResult:
 
 
 def inbound_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".eml")
 
 
@@ -69,8 +85,6 @@ async def replay(
     *,
     stages: list[Stage] | None = None,
 ) -> ReplayResult:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory")
     files = inbound_files(directory)
     sent_dir = directory / "sent"
     sent_files = inbound_files(sent_dir) if sent_dir.is_dir() else []
@@ -149,6 +163,7 @@ async def _run(
                 "status": repo.DONE,
                 "at": clock.now().isoformat(),
             }
+        result.lines.append(line)
         out.write(json.dumps(line, ensure_ascii=False) + "\n")
         for outbound in await _captured(db):
             out.write(json.dumps(outbound, ensure_ascii=False) + "\n")
@@ -273,3 +288,159 @@ async def _store_sent(db: Database, path: Path, now: datetime) -> None:
                 sent_at=envelope.date or now,
             )
         )
+
+
+# -- expectations (--expect) ----------------------------------------------------
+
+
+class ExpectationError(ValueError):
+    """The --expect file cannot be used as written; the message names the file
+    and the entry, so QA can fix it before a replay is run for nothing."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One decision that differed from what was expected.  *key* None means
+    the file was expected but the replay printed no line for it."""
+
+    file: str
+    key: str | None
+    expected: str | None = None
+    got: Any = None
+
+    def describe(self) -> str:
+        if self.key is None:
+            return f"{self.file}: expected, but never replayed"
+        return f"{self.file}: {self.key} expected {_shown(self.expected)}, got {_shown(self.got)}"
+
+
+def _shown(value: Any) -> str:
+    # The expectations are YAML and the output JSON: both spell None "null".
+    return "null" if value is None else repr(value)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a key given twice is an error: PyYAML
+    keeps the last one silently, which would drop an expectation unseen (a
+    line copied and its file name not changed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"{key_node.value!r} is given twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def load_expectations(path: Path, directory: Path) -> Expectations:
+    """Read an --expect file: a mapping of inbound file name to the keys to
+    check, or a list of such mappings each with its ``file``.
+
+    Anything that would check less than it seems to is refused with
+    ExpectationError: a YAML error (with its line), an entry that is not a
+    mapping, a key other than EXPECT_KEYS, a value that is not a name or
+    null, a file named twice, or a file that is not an inbound ``.eml`` of
+    *directory* (so it would never be replayed)."""
+    try:
+        document = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)
+    except OSError as exc:
+        raise ExpectationError(f"{path}: {exc.strerror or exc}") from exc
+    except yaml.MarkedYAMLError as exc:
+        raise ExpectationError(f"{path}: {_yaml_problem(exc)}") from exc
+    except yaml.YAMLError as exc:  # bytes that are not text: no line to give
+        raise ExpectationError(f"{path}: {' '.join(str(exc).split())}") from exc
+    inbound = {p.name for p in inbound_files(directory)}
+    expectations: Expectations = {}
+    for entry, file, keys in _entries(path, document):
+        where = f"{path}: {entry}"
+        if not isinstance(file, str):
+            raise ExpectationError(f"{where}: the file name must be a string")
+        if not isinstance(keys, dict):
+            raise ExpectationError(
+                f"{where}: expected a mapping such as {{kind: reply}}, not {_shown(keys)}"
+            )
+        for key, value in keys.items():
+            if key not in EXPECT_KEYS:
+                raise ExpectationError(
+                    f"{where}: unknown key {key!r} (allowed: {', '.join(EXPECT_KEYS)})"
+                )
+            if value is not None and not isinstance(value, str):
+                raise ExpectationError(f"{where}: {key} must be a name or null, not {value!r}")
+        if file in expectations:
+            raise ExpectationError(f"{where}: {file} is expected twice")
+        if file not in inbound:
+            raise ExpectationError(f"{where}: {directory} has no inbound file {file}")
+        expectations[file] = keys
+    if not expectations:
+        raise ExpectationError(f"{path}: no expectations")
+    return expectations
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    context = f" ({exc.context})" if exc.context and exc.problem else ""
+    return f"{where}{exc.problem or exc.context}{context}"
+
+
+def _entries(path: Path, document: Any) -> list[tuple[str, Any, Any]]:
+    """(the entry as messages name it, its file, its keys) for either form."""
+    if document is None:  # empty, or comments only
+        raise ExpectationError(f"{path}: no expectations")
+    if isinstance(document, dict):
+        return [(str(file), file, keys) for file, keys in document.items()]
+    if not isinstance(document, list):
+        raise ExpectationError(
+            f"{path}: expected a mapping of file name to expectations, or a list of them"
+        )
+    entries = []
+    for number, item in enumerate(document, 1):
+        if not isinstance(item, dict):
+            raise ExpectationError(
+                f"{path}: entry {number}: expected a mapping such as "
+                f"{{file: 001.eml, kind: reply}}, not {_shown(item)}"
+            )
+        if "file" not in item:
+            raise ExpectationError(f"{path}: entry {number}: no file")
+        keys = {key: value for key, value in item.items() if key != "file"}
+        entries.append((f"entry {number} ({item['file']})", item["file"], keys))
+    return entries
+
+
+def compare(
+    expected: Mapping[str, Mapping[str, str | None]], lines: Iterable[Mapping[str, Any]]
+) -> list[Mismatch]:
+    """Each expected decision that the replay's inbound *lines* did not make,
+    in replay order (file name order); a key left out is not checked, and a
+    file without a line is a mismatch of its own.  Outbound lines (no
+    ``file``) are passed over."""
+    replayed = {line["file"]: line for line in lines if "file" in line}
+    mismatches = []
+    for file in sorted(expected):
+        line = replayed.get(file)
+        if line is None:
+            mismatches.append(Mismatch(file, None))
+            continue
+        wanted = expected[file]
+        for key in EXPECT_KEYS:
+            if key in wanted and line.get(key) != wanted[key]:
+                mismatches.append(Mismatch(file, key, wanted[key], line.get(key)))
+    return mismatches
+
+
+def expect_summary(checked: int, mismatches: list[Mismatch]) -> str:
+    """The last line of the diff: how much was checked and how much differed."""
+    differing = sum(1 for m in mismatches if m.key is not None)
+    never = [m.file for m in mismatches if m.key is None]
+    text = (
+        f"expect: {checked} file{'s' if checked != 1 else ''} checked, "
+        f"{differing} mismatch{'es' if differing != 1 else ''}"
+    )
+    return text + (f", never replayed: {', '.join(never)}" if never else "")
