@@ -6,7 +6,8 @@ Two servers, one interface (:class:`ImapServer`):
   *in-process* on the test's event loop, on a random loopback port.  Starts in
   a few milliseconds; passwords are stored in clear text (pysasl's
   ``Cleartext``) so LOGIN does not pay pymap's default ~200 ms PBKDF2.  pymap
-  has no SPECIAL-USE support of its own; this module adds the ``\\Sent`` and
+  has no SPECIAL-USE support of its own; the server, which ``leadloop demo``
+  runs too, lives in :mod:`leadloop.demo.imap` and adds the ``\\Sent`` and
   ``\\Drafts`` LIST attributes and the ``SPECIAL-USE`` capability.
 * **Dovecot** (:func:`dovecot_server`): the production reference, as an
   unprivileged throwaway instance with its config, sockets, state, log and
@@ -45,7 +46,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from argparse import Namespace
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -53,6 +53,9 @@ from pathlib import Path
 from typing import Any
 
 import aioimaplib
+
+from leadloop.demo import imap as demo_imap
+from leadloop.demo.imap import PymapBackend
 
 HOST = "127.0.0.1"
 DOVECOT_MISSING = (
@@ -122,7 +125,7 @@ class ImapServer:
     tls_port: int | None = None
     ca_file: Path | None = None
     _dovecot: Dovecot | None = field(default=None, repr=False, compare=False)
-    _pymap: _Pymap | None = field(default=None, repr=False, compare=False)
+    _pymap: PymapBackend | None = field(default=None, repr=False, compare=False)
 
     # -- connections ---------------------------------------------------------
 
@@ -251,147 +254,19 @@ class ImapServer:
 
 
 # ---------------------------------------------------------------------------
-# pymap, in-process
+# pymap, in-process (the server itself is leadloop.demo.imap's)
 # ---------------------------------------------------------------------------
-
-SPECIAL_USE = {"Sent": b"Sent", "Drafts": b"Drafts"}
-
-
-class _Pymap:
-    """The in-process pymap dict backend behind :func:`pymap_server`."""
-
-    def __init__(self) -> None:
-        from pymap.backend.dict import Config, Login
-        from pymap.concurrent import Subsystem
-        from pymap.config import BackendCapability
-        from pymap.exceptions import InvalidAuth
-        from pysasl.hashing import Cleartext
-
-        outer = self
-        self.auth_failures: dict[str, int] = {}
-
-        class _Config(Config):
-            @property
-            def backend_capability(self) -> BackendCapability:
-                return BackendCapability(
-                    idle=True, object_id=True, multi_append=True, custom=[b"SPECIAL-USE"]
-                )
-
-        class _Login(Login):
-            async def authenticate(self, credentials: Any) -> Any:
-                try:
-                    return await super().authenticate(credentials)
-                except InvalidAuth:
-                    name = credentials.authcid
-                    outer.auth_failures[name] = outer.auth_failures.get(name, 0) + 1
-                    raise
-
-            async def authorize(self, authenticated: Any, authzid: str) -> Any:
-                identity = await super().authorize(authenticated, authzid)
-                identity.__class__ = _identity_class()
-                return identity
-
-        self.config = _Config(
-            Namespace(proxy_protocol=None, passlib_cfg=None),
-            host=HOST,
-            port=0,
-            demo_data=False,
-            demo_user="",
-            demo_password="",
-            hash_context=Cleartext(),  # LOGIN costs no PBKDF2
-            cpu_subsystem=Subsystem.for_asyncio(),  # no thread pool left behind
-            tls_enabled=False,  # plain LOGIN allowed without STARTTLS
-            invalid_user_sleep=0.0,
-            reject_dnsbl=False,
-        )
-        self.login = _Login(self.config)
-
-    async def add_user(self, user: str, password: str) -> None:
-        from pymap.backend.dict import FilterSet, Identity, MailboxSet
-        from pymap.user import UserMetadata
-
-        await Identity(user, self.login, None, frozenset()).set(
-            UserMetadata(self.config, user, password=password)
-        )
-        mailboxes = MailboxSet()
-        for name in SPECIAL_USE:
-            await mailboxes.add_mailbox(name)
-        self.config.set_cache[user] = (mailboxes, FilterSet())
-
-    def change_uidvalidity(self, user: str, folder: str, value: int | None) -> int:
-        mailboxes = self.config.set_cache[user][0]
-        mailbox = mailboxes._inbox if folder.upper() == "INBOX" else mailboxes._set[folder]
-        mailbox._uid_validity = value if value is not None else mailbox._uid_validity + 1
-        return int(mailbox._uid_validity)
-
-
-_identity_cls: type | None = None
-
-
-def _identity_class() -> type:
-    """pymap's dict ``Identity`` whose sessions add SPECIAL-USE LIST attributes."""
-    global _identity_cls
-    if _identity_cls is None:
-        from pymap.backend.dict import Identity, Session
-
-        class _Session(Session):
-            async def list_mailboxes(self, *args: Any, **kwargs: Any) -> Any:
-                entries, updates = await super().list_mailboxes(*args, **kwargs)
-                entries = [
-                    (name, sep, [*attrs, SPECIAL_USE[name]] if name in SPECIAL_USE else attrs)
-                    for name, sep, attrs in entries
-                ]
-                return entries, updates
-
-        class _Identity(Identity):
-            @asynccontextmanager
-            async def new_session(self) -> AsyncIterator[Any]:
-                async with super().new_session() as session:
-                    session.__class__ = _Session
-                    yield session
-
-        _identity_cls = _Identity
-    return _identity_cls
 
 
 @asynccontextmanager
 async def pymap_server(
     user: str = "leadloop@example.com", password: str = "test-password"
 ) -> AsyncIterator[ImapServer]:
-    """pymap (dict backend) on the running event loop, on a random loopback port.
-
-    One user with INBOX, Sent and Drafts; IDLE, MOVE, UIDPLUS, SPECIAL-USE; no
-    TLS, no CONDSTORE/QRESYNC.  Everything lives in RAM and vanishes on exit.
-    """
-    from proxyprotocol.reader import ProxyProtocolReader
-    from pymap.imap import IMAPServer
-
-    backend = _Pymap()
-    await backend.add_user(user, password)
-    backend.config.apply_context()
-    imap = IMAPServer(backend.login, backend.config)
-    connections: set[asyncio.Task[Any]] = set()
-
-    async def handle(reader: Any, writer: Any, sock_info: Any) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        try:
-            await imap(reader, writer, sock_info)
-        finally:
-            connections.discard(task)
-
-    callback = ProxyProtocolReader(backend.config.proxy_protocol).get_callback(handle)
-    server = await asyncio.start_server(callback, HOST, 0)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        yield ImapServer(HOST, port, user, password, "pymap", _pymap=backend)
-    finally:
-        server.close()
-        for task in list(connections):
-            task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
-        await server.wait_closed()
+    """pymap (dict backend) on the running event loop, on a random loopback port
+    (:func:`leadloop.demo.imap.pymap_server`): one user with INBOX, Sent and
+    Drafts; IDLE, MOVE, UIDPLUS, SPECIAL-USE; no TLS, no CONDSTORE/QRESYNC."""
+    async with demo_imap.pymap_server(user, password, HOST) as running:
+        yield ImapServer(HOST, running.port, user, password, "pymap", _pymap=running.backend)
 
 
 # ---------------------------------------------------------------------------
