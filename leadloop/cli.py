@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -605,6 +606,66 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def _when(text: str | None, default: datetime) -> datetime:
+    if not text:
+        return default
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"leadloop: not a date: {text!r} (use YYYY-MM-DD)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _range(args: argparse.Namespace) -> tuple[datetime, datetime]:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    until = _when(args.until, today + timedelta(days=1))
+    since = _when(args.since, until - timedelta(days=args.days))
+    if since >= until:
+        raise SystemExit("leadloop: --since must be before --until")
+    return since, until
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from leadloop.report.html import render_html
+    from leadloop.report.metrics import build_report, catalog_urls
+    from leadloop.report.table import render_table
+
+    loaded = _load(args)
+    since, until = _range(args)
+
+    async def main() -> dict[str, Any]:
+        async with _database(loaded) as db:
+            return await build_report(
+                db, since, until, catalog_urls=catalog_urls(loaded), now=datetime.now(UTC)
+            )
+
+    report = asyncio.run(main())
+    if args.html:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write(render_table(report))
+        if args.html:
+            print(f"\nHTML report: {Path(args.html).resolve()}")
+    return EXIT_OK
+
+
+def cmd_events_export(args: argparse.Namespace) -> int:
+    from leadloop.report.events import export_events
+
+    loaded = _load(args)
+    since = _when(args.since, datetime(1970, 1, 1, tzinfo=UTC))
+
+    async def main() -> int:
+        async with _database(loaded) as db:
+            async for line in export_events(db, since=since):
+                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        return EXIT_OK
+
+    return _run_async(main())
+
+
 def _looks_like_mail(raw: bytes) -> bool:
     """Standard input holds a whole message (headers first) or just a body."""
     head = raw[:2000].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
@@ -709,6 +770,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.yaml",
         help="expected kind, intent and action per file; mismatches go to stderr, exit 1",
     )
+
+    p = add("report", cmd_report, "the agent's metrics: a table, --json, or --html FILE")
+    p.add_argument("--since", metavar="DATE", help="start (default: --days before --until)")
+    p.add_argument("--until", metavar="DATE", help="end, exclusive (default: tomorrow, UTC)")
+    p.add_argument("--days", type=int, default=7, help="length of the range (default 7)")
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
+
+    events = sub.add_parser("events", help="CRM / e-commerce events").add_subparsers(
+        dest="events_command", required=True, metavar="ACTION"
+    )
+    p = add("export", cmd_events_export, "events as JSON lines", into=events)
+    p.add_argument("--since", metavar="DATE", help="only events at or after this time")
+
     return parser
 
 

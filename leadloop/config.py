@@ -348,9 +348,28 @@ class OutboxConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """The public listener: tracked links (``/t/``) and unsubscribe (``/u/``)."""
+
     public_url: str | None = None
     """The https address the public listener is reached at; with it, mail
-    carries a one-click unsubscribe link (RFC 8058)."""
+    carries a one-click unsubscribe link (RFC 8058) and catalog purchase
+    links become tracked links."""
+    enabled: bool = True
+    """Run the public listener in ``leadloop run``."""
+    host: str = "127.0.0.1"
+    """Where it listens: loopback, behind a reverse proxy that serves public_url."""
+    port: int = Field(default=8780, ge=0, le=65535)
+    """0 picks a free port (tests)."""
+    scanner_agents: list[str] = Field(default_factory=list)
+    """User-agent substrings of mail scanners, besides the built-in list."""
+    scanner_after: Duration = timedelta(seconds=30)
+    """A click this soon after delivery is a scanner's, not a person's."""
+    burst: Duration = timedelta(seconds=10)
+    """Clicks on two different links of one mail this close together are a
+    scanner's; a person's click counts once this long has passed."""
+    utm_source: str = "leadloop"
+    utm_medium: str = "email"
+    utm_campaign: str = "leadloop"
 
     @field_validator("public_url")
     @classmethod
@@ -802,6 +821,60 @@ class AlertsConfig(_Section):
     directly, not through the outbox."""
 
 
+class AdminConfig(_Section):
+    """The admin listener: ``/metrics``, ``/healthz``, ``/hooks/conversion``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Loopback only unless you put it behind something that authenticates."""
+    port: int = Field(default=8781, ge=0, le=65535)
+
+
+class ConversionsConfig(SecretSource):
+    """The conversion webhook's signing secret (``password_env`` / ``_file`` /
+    ``_credential``); without one, ``/hooks/conversion`` refuses every call."""
+
+    tolerance: Duration = timedelta(minutes=5)
+    """How far a signed timestamp may be from our clock."""
+
+
+class EventsConfig(SecretSource):
+    """Exporting events (clicks, orders, escalations, hand-offs, state changes,
+    opt-outs) to a CRM or shop webhook, signed like the conversion webhook
+    with this section's secret."""
+
+    webhook_url: str | None = None
+    """Empty: events stay in the database (``leadloop events export``)."""
+    batch: int = Field(default=100, ge=1, le=10000)
+    timeout: Duration = timedelta(seconds=10)
+    max_backoff: Duration = timedelta(hours=1)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s):// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _signed(self) -> EventsConfig:
+        if self.webhook_url and not self.has_secret:
+            raise ValueError("webhook_url needs password_env, password_file or password_credential")
+        return self
+
+
+class ReportConfig(_Section):
+    """The weekly summary mail (the report of the past 7 days and the open
+    escalations) to the supervisors."""
+
+    weekly: bool = True
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    hour: int = Field(default=8, ge=0, le=23)
+    """In ``[sending] default_timezone``."""
+    to: list[str] = Field(default_factory=list)
+    """Default: ``[handoff] supervisors``."""
+
+
 class ValidationConfig(_Section):
     """Checking a lead's address before its first touch (``mail/validate.py``)."""
 
@@ -838,6 +911,10 @@ class Config(_Section):
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    conversions: ConversionsConfig = Field(default_factory=ConversionsConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("mailboxes")
     @classmethod
@@ -1100,6 +1177,8 @@ def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], S
     if settings.alerts.smtp is not None:
         yield ("alerts", "smtp"), settings.alerts.smtp
     yield ("tokens",), settings.tokens
+    yield ("conversions",), settings.conversions
+    yield ("events",), settings.events
     if settings.brain.kind == "openai":
         yield ("brain", "openai"), settings.brain.openai.key_source()
     for index, box in enumerate(settings.mailboxes):

@@ -33,6 +33,10 @@ ai_disclosure = "This email was written with the help of an AI assistant."
 
 [tracking]
 public_url = "https://links.acme.example"
+port = 0  # the listeners take free ports (only `leadloop run` starts them)
+
+[admin]
+port = 0
 
 [validation]
 dns = false  # test addresses are in .test/.example: no DNS in tests

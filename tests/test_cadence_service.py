@@ -12,6 +12,7 @@ import email.policy
 import itertools
 import logging
 import mailbox
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,9 +29,11 @@ from sqlalchemy import select
 from test_cadence import CADENCE
 
 from leadloop.agent.lifecycle import create_lead
+from leadloop.agent.stages import token_keys
 from leadloop.clock import ManualClock
 from leadloop.config import load
 from leadloop.daemon.service import Service
+from leadloop.mail.links import open_click
 from leadloop.storage.models import CadenceEnrollment, Event, Lead
 
 _ids = itertools.count(1)
@@ -91,6 +94,13 @@ class World:
             await self.imap.deliver(raw)
         else:
             self.deliver(raw)
+
+    def linked_skus(self, text: str) -> list[str]:
+        """The catalog products the tracked links in *text* lead to (the
+        daemon's keys open them: a forged link names none)."""
+        keys = token_keys(self.service.loaded)
+        found = re.findall(r"https://links\.acme\.example/t/(\S+)", text)
+        return [open_click(keys, token, self.clock.now())[2] for token in found]
 
     def times(self, address: str) -> list[datetime]:
         return [s.at for s in self.sent[address]]

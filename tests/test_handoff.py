@@ -118,7 +118,9 @@ async def test_sellers_and_supervisors_act_from_their_inbox(
         assert intro["In-Reply-To"]  # in the buyer's thread
         intro_text = text_of(intro)
         assert "Ann (ann@acme.example)" in intro_text
-        assert "https://acme.example/buy/professional" in intro_text  # what they asked for
+        # What they asked for, as a tracked link (the catalog URL never shows).
+        assert w.linked_skus(intro_text) == ["FT-PRO"]
+        assert "https://acme.example/buy/" not in intro_text
         [handoff] = notices(w, "ann@acme.example", "Qualified lead")
         assert handoff["Auto-Submitted"] == "auto-generated"
         body = text_of(handoff)

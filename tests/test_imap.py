@@ -232,6 +232,8 @@ async def test_server_outage_is_recovered_and_logged_once(
         await asyncio.to_thread(dovecot_imap.start)
         await dovecot_imap.deliver(message(2))
         await eventually(lambda: _stored_at_least(service, 2), "mail after the outage", 60)
+        # The recovery alert is written right after the poll's mail commits.
+        await eventually(lambda: _alert_count_at_least(service, 2), "the recovery alert")
         alerts = await _alerts(service)
     messages = [r.getMessage() for r in caplog.records if r.name == "leadloop.daemon.service"]
     assert sum("mailbox=sales unavailable" in m for m in messages) == 1
@@ -241,6 +243,10 @@ async def test_server_outage_is_recovered_and_logged_once(
 
 async def _failures_at_least(watcher: object, expected: int) -> bool:
     return int(watcher.failures) >= expected  # type: ignore[attr-defined]
+
+
+async def _alert_count_at_least(service: Service, expected: int) -> bool:
+    return len(await _alerts(service)) >= expected
 
 
 async def _alerts(service: Service) -> list[str]:

@@ -90,7 +90,7 @@ async def test_policy_answers_each_kind_of_reply(tmp_path: Path, inbox: ImapServ
         [price_cites] = await w.events("outbound.citations", leads["price@northwind.test"])
         playbook = load_playbook(SAMPLE / "playbook.toml")
         assert price_cites.data["tactic"] == playbook.tactic("objection", "price").tactic
-        assert "https://acme.example/buy/professional" in reply("buy@northwind.test")
+        assert w.linked_skus(reply("buy@northwind.test")) == ["FT-PRO"]
         assert "https://acme.example/book" in reply("meet@northwind.test")
         # A request for a person and every injection: no reply, an escalation.
         for address in ("human@northwind.test", *INJECTIONS):

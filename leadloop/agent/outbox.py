@@ -44,7 +44,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -63,8 +63,11 @@ from leadloop.agent.lifecycle import (
     transition_many,
 )
 from leadloop.config import LoadedConfig
+from leadloop.knowledge.catalog import CatalogError, load_catalog
+from leadloop.knowledge.sources import SourceMissing, Sources
 from leadloop.mail import compose
 from leadloop.mail.headers import safe_address, safe_header_value
+from leadloop.mail.links import track_links
 from leadloop.mail.smtpreply import (
     INVALID_STATUSES,
     SENDER_STATUSES,
@@ -203,6 +206,9 @@ class OutboxSettings:
     mailboxes: dict[str, SenderBox]
     keys: TokenKeys
     dkim: compose.DkimSigner | None = None
+    tracked: Mapping[str, str] = field(default_factory=dict)
+    """Catalog purchase URL -> SKU: links that become tracked links when
+    ``public_url`` is set (``mail/links.py``)."""
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig, keys: TokenKeys) -> OutboxSettings:
@@ -252,6 +258,7 @@ class OutboxSettings:
             },
             keys=keys,
             dkim=dkim,
+            tracked=_tracked_links(loaded) if s.tracking.public_url else {},
         )
 
     def box(self, name: str | None) -> SenderBox:
@@ -260,6 +267,17 @@ class OutboxSettings:
         if not self.mailboxes:
             raise LookupError("no mailbox is configured to send from")
         return next(iter(self.mailboxes.values()))
+
+
+def _tracked_links(loaded: LoadedConfig) -> dict[str, str]:
+    """The catalog's purchase URLs and their SKUs (read once; a catalog edit
+    that adds a product is tracked from the next reload)."""
+    try:
+        catalog = load_catalog(Sources.from_config(loaded).catalog)
+    except (CatalogError, SourceMissing) as exc:
+        log.warning("purchase links are not tracked: %s", exc)
+        return {}
+    return {p.purchase_url: p.sku for p in catalog.products}
 
 
 def _event(
@@ -600,6 +618,16 @@ def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> byte
     footer = None
     mailto = url = None
     reply_to = None
+    text = p.get("text", "")
+    if not notice and settings.public_url and settings.tracked and row.lead_id is not None:
+        text = track_links(
+            text,
+            settings.tracked,
+            public_url=settings.public_url,
+            keys=settings.keys,
+            lead_id=row.lead_id,
+            outbound_id=row.id,
+        )
     if not notice:
         token = None
         if row.lead_id is not None:
@@ -627,7 +655,7 @@ def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> byte
         to=tuple(p.get("to") or row.to_addrs),
         cc=tuple(p.get("cc", ())),
         subject=row.subject or "",
-        text=p.get("text", ""),
+        text=text,
         date=now,
         in_reply_to=row.in_reply_to,
         references=tuple(row.references or ()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -150,6 +151,8 @@ class Sender:
         self._connections = [SmtpConnection(smtp, secret) for _ in range(connections)]
         self._committer = _Committer(db, self._write_lock, self._apply)
         self._running = asyncio.Lock()
+        self.observe: Callable[[float], None] | None = None
+        """Told how long each SMTP transaction took (``/metrics``)."""
 
     async def close(self) -> None:
         for conn in self._connections:
@@ -272,12 +275,15 @@ class Sender:
                 await self.fault("before_dot", item)
             await self._committer.submit(item, None)
 
+        started = time.monotonic()
         try:
             outcome: Outcome = await conn.send(
                 item.envelope_from, item.recipients, item.raw, before_dot=before_dot
             )
         except SmtpFailure as exc:
             outcome = exc
+        if self.observe is not None:
+            self.observe(time.monotonic() - started)
         # A transaction that failed before its dot never waited for the previous
         # outcome; wait now, so outcomes commit in the order they happened.
         await settle_previous()

@@ -21,10 +21,12 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select
 
 from leadloop import config as config_module
 from leadloop.agent.cadence import CadenceSettings, Planner
@@ -35,6 +37,7 @@ from leadloop.agent.policy_stages import ActStage, DecideStage, Policy
 from leadloop.agent.screening import ScreenStage
 from leadloop.agent.staff import Staff
 from leadloop.agent.stages import build_stages, token_keys
+from leadloop.agent.tracking import ScannerRules
 from leadloop.agent.understand import seed_budget
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
 from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
@@ -44,14 +47,19 @@ from leadloop.clock import Clock, SystemClock
 from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
 from leadloop.daemon.alerts import AlertMailer
 from leadloop.daemon.ingest import ingest_once
+from leadloop.daemon.prom import MailboxHealth, Metrics
 from leadloop.daemon.sender import Sender, SentFolder
 from leadloop.daemon.tasks import TaskKeeper
-from leadloop.knowledge.catalog import CatalogError
-from leadloop.knowledge.sources import SourceMissing
+from leadloop.daemon.web import Health, Web, WebSettings
+from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
+from leadloop.knowledge.sources import SourceMissing, Sources
 from leadloop.mail.validate import Validator
 from leadloop.policy.playbook import PlaybookError
+from leadloop.report.events import EventPusher
+from leadloop.report.weekly import send_weekly_summary
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
+from leadloop.storage.models import Mailbox as MailboxRow
 
 log = logging.getLogger("leadloop.daemon.service")
 
@@ -157,6 +165,8 @@ class Watcher:
     failures: int = 0
     auth_failures: int = 0
     retry_at: float = 0.0
+    last_ok: datetime | None = None
+    """When the last poll succeeded (``/healthz``, ``/metrics``)."""
     again: bool = False
     listener: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -246,6 +256,9 @@ class Service:
         self.sender: Sender | None = None
         self.planner: Planner | None = None
         self.scheduler: AsyncIOScheduler | None = None
+        self.metrics = Metrics()
+        self.pusher = _event_pusher(loaded)
+        self.web: Web | None = None
         self._config_seen = _fingerprint(loaded.file)
 
     # -- start and stop ---------------------------------------------------
@@ -273,6 +286,7 @@ class Service:
             await seed_budget(self.db, self.pipeline.stages, self.clock.now())
             await self._sync_watchers()
             self.sender = build_sender(self.loaded, self.db, self.clock, self.owner)
+            self.sender.observe = self.metrics.observe_send
             await self.sender.recover(all_claims=self.db.is_sqlite)
             self.planner = build_planner(
                 self.loaded, self.db, self.sender.settings, self.pipeline.stages
@@ -313,6 +327,7 @@ class Service:
                 await self.run_once()
                 return
             self._install_signals()
+            await self.start_listeners()
             self._start_scheduler()
             runner = self.tasks.start(self._runner(), "stage-runner")
             for watcher in self.watchers.values():
@@ -343,6 +358,8 @@ class Service:
         await self.plan_touches()
         await self.send_due()
         await self.mail_alerts()
+        await self.weekly_summary()
+        await self.push_events()
 
     def _start_watcher(self, watcher: Watcher) -> None:
         name = watcher.config.name
@@ -355,6 +372,9 @@ class Service:
 
     async def _close(self) -> None:
         await self.tasks.cancel_all()
+        if self.web is not None:
+            with contextlib.suppress(Exception):
+                await self.web.stop()
         if self.sender is not None:
             with contextlib.suppress(Exception):
                 await self.sender.close()
@@ -388,6 +408,15 @@ class Service:
             max_instances=1,
             coalesce=True,
         )
+        if self.pusher is not None:
+            self.scheduler.add_job(
+                self.push_events,
+                "interval",
+                seconds=settings.scheduler.tick.total_seconds(),
+                id="events",
+                max_instances=1,
+                coalesce=True,
+            )
         if settings.service.watch_config:
             self.scheduler.add_job(
                 self.check_config_file,
@@ -410,6 +439,101 @@ class Service:
                 coalesce=True,
             )
 
+    # -- the listeners ----------------------------------------------------
+    async def start_listeners(self) -> None:
+        """The public and admin listeners.  One that cannot bind (a port in
+        use) is an alert, not a reason to stop working the leads."""
+        assert self.db is not None and self.pipeline is not None
+        s = self.loaded.settings
+        act = next((st for st in self.pipeline.stages if isinstance(st, ActStage)), None)
+        if act is not None:
+            policy = act.policy
+
+            def catalog() -> Catalog:
+                return policy.catalog
+        else:
+            loaded_catalog = load_catalog(Sources.from_config(self.loaded).catalog)
+
+            def catalog() -> Catalog:
+                return loaded_catalog
+
+        settings = WebSettings(
+            keys=token_keys(self.loaded),
+            catalog=catalog,
+            rules=ScannerRules.from_config(
+                s.tracking.scanner_agents, s.tracking.scanner_after, s.tracking.burst
+            ),
+            utm={
+                "source": s.tracking.utm_source,
+                "medium": s.tracking.utm_medium,
+                "campaign": s.tracking.utm_campaign,
+            },
+            conversion_secret=self.loaded.secret("conversions"),
+            tolerance=s.conversions.tolerance,
+        )
+        self.web = Web(
+            self.db,
+            self.clock,
+            settings,
+            metrics=self.metrics,
+            health=self.health,
+            mailboxes=self.mailbox_health,
+        )
+        listeners = [
+            ("public", s.tracking.enabled, self.web.public_app, s.tracking.host, s.tracking.port),
+            ("admin", s.admin.enabled, self.web.admin_app, s.admin.host, s.admin.port),
+        ]
+        for name, enabled, app, host, port in listeners:
+            if not enabled:
+                continue
+            try:
+                await self.web.start(name, app(), host, port)
+            except OSError as exc:
+                log.error("the %s listener cannot listen on %s:%d: %s", name, host, port, exc)
+                self.metrics.error("listener")
+                await self._alert("alert.listener", f"{name} listener on {host}:{port}: {exc}")
+
+    def mailbox_health(self) -> list[MailboxHealth]:
+        return [
+            MailboxHealth(
+                name,
+                w.failing is None and w.last_ok is not None,
+                w.last_ok.timestamp() if w.last_ok else None,
+            )
+            for name, w in self.watchers.items()
+        ]
+
+    async def health(self) -> Health:
+        """The database, each mailbox, the last successful poll, paused senders."""
+        assert self.db is not None
+        mailboxes = [
+            {
+                "name": name,
+                "ok": w.failing is None and w.last_ok is not None,
+                "last_poll": w.last_ok.isoformat() if w.last_ok else None,
+                "error": w.failing,
+            }
+            for name, w in self.watchers.items()
+        ]
+        try:
+            async with self.db.sessions() as session:
+                paused = (
+                    await session.scalars(
+                        select(MailboxRow).where(MailboxRow.send_paused_at.is_not(None))
+                    )
+                ).all()
+                senders = [
+                    {
+                        "mailbox": m.name,
+                        "since": m.send_paused_at.isoformat() if m.send_paused_at else None,
+                        "reason": m.send_paused_reason,
+                    }
+                    for m in paused
+                ]
+        except Exception as exc:
+            return Health(f"{type(exc).__name__}: {exc}", mailboxes, [])
+        return Health(None, mailboxes, senders)
+
     # -- the work ---------------------------------------------------------
     async def bell(self) -> None:
         """The scheduler's tick: do due work, then let the runner look again."""
@@ -420,11 +544,13 @@ class Service:
             ran = await run_due(self.db, self.clock.now(), owner=self.owner, context=self.planner)
         except Exception:
             log.exception("due work failed; will try at the next tick")
+            self.metrics.error("due")
             return
         if ran:
             log.info("due tasks run=%d", ran)
         await self.plan_touches()
         await self.mail_alerts()
+        await self.weekly_summary()
         self.wake.set()
 
     async def mail_alerts(self) -> None:
@@ -436,9 +562,37 @@ class Service:
             sent = await mailer.sweep(self.db, self.loaded, self.clock.now())
         except Exception:
             log.exception("mailing alerts failed; will try at the next tick")
+            self.metrics.error("alerts")
             return
         if sent:
             log.info("alerts mailed=%d to=%s", sent, ",".join(mailer.to))
+
+    async def weekly_summary(self) -> None:
+        """The supervisors' weekly summary, once it is due (``[report]``)."""
+        if self.db is None or self.sender is None:
+            return
+        try:
+            queued = await send_weekly_summary(
+                self.db, self.loaded, self.sender.settings, self.clock.now()
+            )
+        except Exception:
+            log.exception("the weekly summary failed; will try at the next tick")
+            self.metrics.error("report")
+            return
+        if queued is not None:
+            log.info("weekly summary queued outbound=%d", queued)
+            self.wake.set()
+
+    async def push_events(self) -> None:
+        """New events to ``[events] webhook_url`` (its own job: a slow
+        endpoint never holds up the bell)."""
+        if self.pusher is None or self.db is None:
+            return
+        try:
+            await self.pusher.sweep(self.db, self.clock.now())
+        except Exception:
+            log.exception("pushing events failed; will try at the next tick")
+            self.metrics.error("events")
 
     async def plan_touches(self) -> None:
         """The cadence tick; a failure is logged and tried again next tick."""
@@ -448,6 +602,7 @@ class Service:
             result = await self.planner.tick(self.clock.now())
         except Exception:
             log.exception("cadence planning failed; will try at the next tick")
+            self.metrics.error("cadence")
             return
         if result.enrolled or result.queued or result.stopped or result.lost:
             log.info(
@@ -495,6 +650,7 @@ class Service:
                     await self._mailbox_failed(watcher, TransientChannelError(str(exc)))
                     return
                 watcher.ready.set()
+                watcher.last_ok = self.clock.now()
                 if watcher.failing is not None:
                     await self._mailbox_recovered(watcher)
                 if stats.stored:
@@ -502,6 +658,7 @@ class Service:
 
     async def _mailbox_failed(self, watcher: Watcher, exc: ChannelError) -> None:
         watcher.ready.clear()
+        self.metrics.error("poll")
         delay = watcher.backoff(exc)
         watcher.retry_at = time.monotonic() + delay
         watcher.opened = False
@@ -699,6 +856,14 @@ class Service:
             return False
         log.info("%s changed on disk; reloading", self.loaded.file)
         return await self.reload()
+
+
+def _event_pusher(loaded: LoadedConfig) -> EventPusher | None:
+    events = loaded.settings.events
+    secret = loaded.secret("events")
+    if not events.webhook_url or not secret:
+        return None
+    return EventPusher(events.webhook_url, secret, events.batch, events.timeout, events.max_backoff)
 
 
 def _fingerprint(path: Path) -> str | None:

@@ -364,6 +364,42 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Click(Base):
+    """A request for a tracked link (``/t/<token>``): a person's click, or a
+    mail scanner's (``scanner`` with its ``reason``), which is kept but never
+    counted as interest."""
+
+    __tablename__ = "clicks"
+    __table_args__ = (Index("ix_clicks_outbound_at", "outbound_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    outbound_id: Mapped[int] = mapped_column(ForeignKey("outbound_messages.id"))
+    sku: Mapped[str] = mapped_column(String(60))
+    at: Mapped[datetime] = mapped_column(index=True)
+    method: Mapped[str] = mapped_column(String(10))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    remote: Mapped[str | None] = mapped_column(String(64))
+    scanner: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Order(Base):
+    """A conversion (an order or a won deal) reported to ``/hooks/conversion``;
+    ``order_id`` is unique, so a repeated delivery changes nothing."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(255), unique=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    amount: Mapped[str] = mapped_column(String(40))
+    """The decimal amount as sent (exact; no float)."""
+    currency: Mapped[str] = mapped_column(String(3))
+    at: Mapped[datetime] = mapped_column(index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class Suppression(Base):
     __tablename__ = "suppressions"
 
