@@ -606,6 +606,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole loop on loopback servers, a scratch database and simulated
+    buyers, on an accelerated clock (``leadloop/demo/``)."""
+    from leadloop.demo import run_demo
+
+    return run_demo(args)
+
+
 def _when(text: str | None, default: datetime) -> datetime:
     if not text:
         return default
@@ -784,6 +792,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_events_export, "events as JSON lines", into=events)
     p.add_argument("--since", metavar="DATE", help="only events at or after this time")
 
+    p = add("demo", cmd_demo, "the whole loop on loopback servers with simulated buyers")
+    p.add_argument("--leads", type=int, default=20, help="sample leads (default 20)")
+    p.add_argument("--days", type=int, default=21, help="simulated days (default 21)")
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        default="leadloop-demo-report.html",
+        help="where the HTML report goes (default: ./leadloop-demo-report.html)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no conversation lines, no progress bar")
     return parser
 
 
