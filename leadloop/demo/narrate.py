@@ -204,26 +204,26 @@ class Narrator:
         self, row: OutboundMessage, events: list[Event], touch: Event | None, states: list[Event]
     ) -> str:
         text = f'{row.kind} "{row.subject or ""}"'
+        if states:
+            text += f" => {states[-1].data.get('to')}"
         notes: list[str] = []
+        if row.status != "sent":
+            answer = row.smtp_reply or row.held_reason or row.last_error or ""
+            for address in row.to_addrs:  # "kim@...: 550 5.1.1 ...": said once
+                answer = answer.removeprefix(f"{address}: ")
+            notes.append(f"{row.status}: {answer}")
         cc = (row.payload or {}).get("cc") or []
         if cc:
             notes.append("cc " + ", ".join(cc))
-        cited = [r for e in events if e.kind == "outbound.citations" for r in e.reasons]
-        if row.kind == "touch" and touch is not None:
-            cited = list(touch.reasons)
-        for reason in cited:
-            step, _, cites = reason.partition("; written by the local writer; ")
-            if step.startswith("step "):
-                notes.append(step.split(":")[0])
-            if cites:
-                notes.append(cites)
-        if row.status != "sent":
-            notes.append(f"{row.status}: {row.smtp_reply or row.held_reason or row.last_error}")
-        if notes:
-            text += f" ({'; '.join(notes)})"
-        if states:
-            text += f" => {states[-1].data.get('to')}"
-        return _clip(text)
+        # "step intro: value angle, written by the local writer; cites faq.md#..."
+        written = list(touch.reasons) if row.kind == "touch" and touch is not None else []
+        written += [r for e in events if e.kind == "outbound.citations" for r in e.reasons]
+        for part in (p for reason in written for p in reason.split("; ")):
+            if part.startswith("step "):
+                notes.append(part.split(":")[0])
+            elif part.startswith("cites "):
+                notes.append(part)
+        return _clip(f"{text} ({'; '.join(notes)})" if notes else text)
 
     def _event_text(self, event: Event) -> str | None:
         data = event.data or {}
