@@ -172,7 +172,7 @@ async def record_request(
     )
     burst = await _burst(session, click, rules.burst)
     if burst:
-        reason = f"burst: {len(burst) + 1} links of one mail within {rules.burst}"
+        reason = f"burst: several links of one mail within {rules.burst}"
         for each in (click, *burst):
             if not each.scanner:  # a reason found first is kept
                 each.scanner, each.reason = True, reason
@@ -200,17 +200,18 @@ def _utm(utm: Mapping[str, str], kind: str) -> dict[str, str]:
 
 
 async def _burst(session: AsyncSession, click: Click, window: timedelta) -> list[Click]:
-    """Clicks on *other* links of the same mail within *window* of this one."""
+    """The clicks of a burst this one makes: when a *different* link of the
+    same mail was opened within *window*, every click of the mail in that
+    window not yet marked (a person opening one link many times is no burst)."""
     near = (
-        await session.scalars(
-            select(Click).where(
-                Click.outbound_id == click.outbound_id,
-                Click.at >= click.at - window,
-                Click.at <= click.at + window,
-            )
-        )
-    ).all()
-    return list(near) if any(c.sku != click.sku for c in near) else []
+        Click.outbound_id == click.outbound_id,
+        Click.at >= click.at - window,
+        Click.at <= click.at + window,
+    )
+    other = await session.scalar(select(Click.id).where(*near, Click.sku != click.sku).limit(1))
+    if other is None:
+        return []
+    return list(await session.scalars(select(Click).where(*near, Click.scanner.is_(False))))
 
 
 @due.handler(SETTLE_TASK)
