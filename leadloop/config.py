@@ -586,7 +586,7 @@ class ConversationConfig(_Section):
     """Nudges; the defaults go out 3 and 7 business days after our answer."""
     close_after: str = "3 business days"
     """After the last nudge with no reply, the conversation closes through the
-    hand-off rules (``handed_back`` to the owner)."""
+    hand-off rules (qualified, disqualified or handed back)."""
 
     @field_validator("steps")
     @classmethod

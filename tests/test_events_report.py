@@ -166,7 +166,7 @@ async def test_the_weekly_summary_goes_to_the_supervisors_once_a_week(
 ) -> None:
     async with tracked_world(tmp_path, monkeypatch, extra=SUPERVISED) as (w, http):
         await story(w, http)
-        await w.run_until(utc("2026-03-09", 12))
+        await w.run_until(utc("2026-03-16", 9))
 
         def summaries() -> list[email.message.EmailMessage]:
             found = []
@@ -177,9 +177,11 @@ async def test_the_weekly_summary_goes_to_the_supervisors_once_a_week(
                     found.append(message)
             return found  # type: ignore[return-value]
 
-        (first, second) = summaries()  # Monday 2 March and Monday 9 March
-        assert first["Auto-Submitted"] == "auto-generated"
-        assert "2026-02-23 to 2026-03-01" in str(first["Subject"])
+        # Monday 2 March: the week before had nothing (no lead existed), so
+        # no summary; Mondays 9 and 16 March at 08:00: one each.
+        (second, third) = summaries()
+        assert "2026-03-09 to 2026-03-15" in str(third["Subject"])
+        assert second["Auto-Submitted"] == "auto-generated"
         body = str(second.get_body(("plain",)).get_content())  # type: ignore[union-attr]
         assert "2026-03-02 to 2026-03-08" in str(second["Subject"])
         assert re.search(r"Won\s+1\b", body)

@@ -250,6 +250,8 @@ def test_overall_metrics_equal_the_hand_computed_values(report: dict[str, Any]) 
 def test_per_mailbox_metrics_and_the_na_cases(report: dict[str, Any]) -> None:
     sales, eu, idle = (report["mailboxes"][n] for n in ("sales", "eu", "idle"))
     assert (sales["delivered"], sales["reached"], sales["human_replies"]) == (4, 2, 2)
+    # eve's only mail bounced: she is still the sales mailbox's record.
+    assert (sales["records_managed"], eu["records_managed"]) == (3, 2)
     assert sales["engagement_rate"] == pytest.approx(1.0)
     assert sales["ctr"] == pytest.approx(1 / 4)
     assert (sales["won"], sales["lost"], sales["disqualified"]) == (1, 1, 0)

@@ -356,9 +356,9 @@ class Service:
         await run_due(self.db, self.clock.now(), owner=self.owner, context=self.planner)
         await self.pipeline.run_pending()
         await self.plan_touches()
+        await self.weekly_summary()
         await self.send_due()
         await self.mail_alerts()
-        await self.weekly_summary()
         await self.push_events()
 
     def _start_watcher(self, watcher: Watcher) -> None:

@@ -181,14 +181,17 @@ async def _load(
         )
     out: list[_Mail] = []
     sent_all: list[_Mail] = []
+    first_mails: list[_Mail] = []  # bounced ones too: they say which mailbox a lead is in
     for row in out_rows:
         mail = _Mail(row.id, row.lead_id, row.mailbox_id, row.sent_at, row.kind)
         if since <= row.sent_at < until:
             sent_all.append(mail)
-        if row.kind in LEAD_MAIL and row.lead_id is not None and not row.bounced:
-            text = str((row.payload or {}).get("text") or "")
-            mail.pitch = row.kind == "intro" or any(url in text for url in catalog_urls)
-            out.append(mail)
+        if row.kind in LEAD_MAIL and row.lead_id is not None:
+            first_mails.append(mail)
+            if not row.bounced:
+                text = str((row.payload or {}).get("text") or "")
+                mail.pitch = row.kind == "intro" or any(url in text for url in catalog_urls)
+                out.append(mail)
     inbound: list[_Mail] = []
     human: list[_Mail] = []
     for row in in_rows:
@@ -218,8 +221,8 @@ async def _load(
         escalations,
         {c.lead_id for c in changes if c.to_state == "qualified"},
     )
-    for mail in [*data.out, *data.human]:  # sorted: the first contact wins
-        if mail.lead_id is not None:
+    for mail in sorted([*first_mails, *data.human], key=lambda m: (m.at, m.id)):
+        if mail.lead_id is not None:  # the first contact wins
             data.lead_box.setdefault(mail.lead_id, mail.mailbox_id)
     return data
 

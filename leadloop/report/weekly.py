@@ -8,14 +8,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from leadloop.agent import outbox
 from leadloop.config import LoadedConfig
 from leadloop.report.metrics import build_report, catalog_urls
 from leadloop.report.table import render_table
 from leadloop.storage.db import Database
-from leadloop.storage.models import OutboundMessage
+from leadloop.storage.models import Lead, OutboundMessage
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ACTOR = "report.weekly"
@@ -48,6 +48,10 @@ async def send_weekly_summary(
             return None
     until = local.replace(hour=0, minute=0, second=0, microsecond=0)
     since = until - timedelta(days=7)
+    async with db.sessions() as session:
+        first_lead = await session.scalar(select(func.min(Lead.created_at)))
+    if first_lead is None or first_lead >= until:
+        return None  # a week before there was anything to report on
     report = await build_report(db, since, until, catalog_urls=catalog_urls(loaded), now=now)
     last_day = (until - timedelta(days=1)).date()
     subject = f"leadloop weekly summary {since.date().isoformat()} to {last_day.isoformat()}"
