@@ -175,6 +175,32 @@ class ThreadStage:
                     direct = outbound.message_id in parsed.in_reply_to
                     header = "In-Reply-To" if direct else "References"
                     return Match(thread, f"{header} {outbound.message_id}")
+            if lead is not None:
+                # A cadence touch opens no thread when it goes out (most are
+                # never answered); the lead's answer to it opens one rooted
+                # at the touch.
+                touch = await session.scalar(
+                    select(OutboundMessage)
+                    .where(
+                        OutboundMessage.message_id.in_(ids),
+                        OutboundMessage.lead_id == lead.id,
+                        OutboundMessage.thread_id.is_(None),
+                    )
+                    .order_by(OutboundMessage.id.desc())
+                    .limit(1)
+                )
+                if touch is not None:
+                    thread = MailThread(
+                        lead_id=lead.id,
+                        subject=normalize_subject(touch.subject or ""),
+                        root_message_id=touch.message_id,
+                        created_at=touch.sent_at or touch.created_at,
+                        last_message_at=touch.sent_at or touch.created_at,
+                    )
+                    session.add(thread)
+                    await session.flush()
+                    touch.thread_id = thread.id
+                    return Match(thread, f"an answer to our {touch.kind} {touch.message_id}")
             inbound = await session.scalar(
                 select(InboundMessage)
                 .where(
