@@ -29,20 +29,18 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # another daemon holds the state directory
 EXIT_TEMPFAIL = 75  # the database cannot be reached
+EXIT_NOPERM = 77  # every mailbox refused the login at start
 EXIT_CONFIG = 78
 
 log = logging.getLogger("leadloop.cli")
 
 
-def _setup_logging(level: str = "info") -> None:
-    # Under systemd the journal stamps time and unit itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    # Their INFO lines (each migration step, each job run) drown ours.
-    for noisy in ("alembic", "apscheduler", "bm25s"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(level: str = "info", loaded: LoadedConfig | None = None) -> None:
+    from leadloop import logs
+
+    fmt = loaded.settings.service.log_format if loaded else "text"
+    secrets = [s.get_secret_value() for s in loaded.secrets.values()] if loaded else []
+    logs.setup(level, fmt, secrets)
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig:
@@ -103,11 +101,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from leadloop.daemon.service import AlreadyRunning, Service
+    from leadloop.daemon.service import AlreadyRunning, MailboxLoginsRefused, Service
     from leadloop.storage.db import DatabaseError
 
     loaded = _load(args)
-    _setup_logging(loaded.settings.service.log_level)
+    _setup_logging(loaded.settings.service.log_level, loaded)
 
     async def main() -> int:
         service = Service(loaded)
@@ -119,6 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except AlreadyRunning as exc:
         log.error("%s", exc)
         return EXIT_UNAVAILABLE
+    except MailboxLoginsRefused as exc:
+        log.error("%s", exc)
+        return EXIT_NOPERM
     except DatabaseError as exc:
         log.error("%s", exc)
         return EXIT_TEMPFAIL

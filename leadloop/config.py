@@ -126,6 +126,12 @@ class ServiceConfig(_Section):
     watch_config: bool = False
     """Reload when config.toml changes on disk (as well as on SIGHUP)."""
     watch_interval: Duration = timedelta(seconds=2)
+    log_format: Literal["text", "json"] = "text"
+    """One line per event on stderr (the journal): ``text`` (key=value) or ``json``."""
+    watchdog_silence: Duration = timedelta(minutes=5)
+    """A loop (the stage runner, a mailbox watcher) quiet for longer than
+    this is wedged: the systemd watchdog pings stop and systemd restarts the
+    service.  A mailbox allows three of its poll intervals if that is longer."""
 
 
 class DatabaseConfig(SecretSource):

@@ -268,7 +268,17 @@ async def test_wrong_password_is_reported_once_and_throttled(
     LOGIN is at least five minutes away, and no more reach the server meanwhile."""
     loaded = imap_config(tmp_path, dovecot_imap, monkeypatch, poll_interval='"0.1s"')
     monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
-    loaded = loads(loaded.file.read_text(), loaded.file)
+    # A second mailbox that works, so the daemon goes on (when every mailbox
+    # refuses the login at start it exits 77: test_systemd).
+    text = loaded.file.read_text() + textwrap.dedent(
+        """
+        [[mailboxes]]
+        name = "local"
+        address = "local@acme.example"
+        path = "mail"
+        """
+    )
+    loaded = loads(text, loaded.file)
     caplog.set_level(logging.INFO, logger="leadloop")
     async with running(loaded) as service:
         watcher = service.watchers["sales"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -130,6 +130,8 @@ class Pipeline:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.lease = lease
+        self.on_claim: Callable[[], None] | None = None
+        """Called as each message is claimed (the daemon's heartbeat)."""
 
     async def recover(self, *, all_claims: bool) -> int:
         """Return rows left claimed by a crash to pending with attempts + 1
@@ -161,6 +163,8 @@ class Pipeline:
                 )
             if not ids:
                 break
+            if self.on_claim is not None:
+                self.on_claim()
             status = await self.process(ids[0])
             stats.processed += 1
             if status == repo.DONE:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from leadloop import config as config_module
 from leadloop.agent.cadence import CadenceSettings, Planner
@@ -47,6 +47,7 @@ from leadloop.clock import Clock, SystemClock
 from leadloop.config import ConfigError, LoadedConfig, MailboxConfig
 from leadloop.daemon.alerts import AlertMailer
 from leadloop.daemon.ingest import ingest_once
+from leadloop.daemon.notify import Heartbeats, Notifier
 from leadloop.daemon.prom import MailboxHealth, Metrics
 from leadloop.daemon.sender import Sender, SentFolder
 from leadloop.daemon.tasks import TaskKeeper
@@ -59,11 +60,18 @@ from leadloop.report.events import EventPusher
 from leadloop.report.weekly import send_weekly_summary
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
+from leadloop.storage.models import InboundMessage as InboundModel
 from leadloop.storage.models import Mailbox as MailboxRow
+from leadloop.storage.models import OutboundMessage as OutboundModel
 
 log = logging.getLogger("leadloop.daemon.service")
 
 PID_FILE = "leadloop.pid"
+
+
+class MailboxLoginsRefused(Exception):
+    """Every mailbox refused our login at start: a wrong password or token,
+    which no restart fixes (exit 77)."""
 
 
 class AlreadyRunning(Exception):
@@ -167,6 +175,8 @@ class Watcher:
     retry_at: float = 0.0
     last_ok: datetime | None = None
     """When the last poll succeeded (``/healthz``, ``/metrics``)."""
+    polled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the first poll has an outcome (logged in, or failed)."""
     again: bool = False
     listener: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -257,6 +267,9 @@ class Service:
         self.planner: Planner | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.metrics = Metrics()
+        self.notifier = Notifier()
+        self.beats = Heartbeats()
+        self.logins_refused = False
         self.pusher = _event_pusher(loaded)
         self.web: Web | None = None
         self._config_seen = _fingerprint(loaded.file)
@@ -307,6 +320,7 @@ class Service:
         for name in list(self.watchers):
             if name not in wanted or wanted[name] != self.watchers[name].config:
                 watcher = self.watchers.pop(name)
+                self.beats.forget(f"mailbox {name}")
                 if watcher.listener is not None:
                     watcher.listener.cancel()
                 await watcher.inbox.close()
@@ -316,6 +330,10 @@ class Service:
             async with self.db.transaction() as session:
                 row = await repo.ensure_mailbox(session, box.name, box.kind, box.address)
             self.watchers[name] = Watcher(box, build_inbox(box, self.loaded), row.id)
+            silence = self.loaded.settings.service.watchdog_silence.total_seconds()
+            self.beats.expect(
+                f"mailbox {name}", max(silence, 3 * box.poll_interval.total_seconds())
+            )
             if self.scheduler is not None:  # running: a reload added or changed it
                 self._start_watcher(self.watchers[name])
 
@@ -329,10 +347,22 @@ class Service:
             self._install_signals()
             await self.start_listeners()
             self._start_scheduler()
+            self.beats.expect(
+                "stages", self.loaded.settings.service.watchdog_silence.total_seconds()
+            )
+            assert self.pipeline is not None
+            self.pipeline.on_claim = lambda: self.beats.beat("stages")
             runner = self.tasks.start(self._runner(), "stage-runner")
             for watcher in self.watchers.values():
                 self._start_watcher(watcher)
+            # The configuration and the database are good: ready.  Mailboxes
+            # report in STATUS= and /healthz; one that is down is an alert,
+            # never a restart loop.
+            self.notifier.ready(await self.status_line())
+            self.tasks.start(self._watchdog(), "watchdog")
+            self.tasks.start(self._check_logins(), "first-logins")
             await self.stop_event.wait()
+            self.notifier.stopping()
             log.info("stopping: finishing the message in hand")
             if self.scheduler is not None:
                 self.scheduler.shutdown(wait=False)
@@ -347,6 +377,8 @@ class Service:
         finally:
             await self._close()
         log.info("stopped")
+        if self.logins_refused:
+            raise MailboxLoginsRefused("every mailbox refused the login at start")
 
     async def run_once(self) -> None:
         """Fetch every mailbox, do due work and process everything, then return."""
@@ -438,6 +470,82 @@ class Service:
                 max_instances=2,
                 coalesce=True,
             )
+
+    # -- systemd ------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 while every loop beats; STATUS= kept current."""
+        interval = self.notifier.watchdog or 10.0
+        wedged: list[str] = []
+        last_status = ""
+        while not self.stop_event.is_set():
+            silent = self.beats.silent()
+            if not silent:
+                if self.notifier.watchdog:
+                    self.notifier.ping()
+                if wedged:
+                    log.info("watchdog: every loop beats again")
+            elif silent != wedged:
+                log.error("watchdog: %s silent too long; withholding WATCHDOG=1", ", ".join(silent))
+                self.metrics.error("watchdog")
+            wedged = silent
+            try:
+                status = await self.status_line()
+            except Exception:
+                status = "database unavailable"
+            if status != last_status:
+                self.notifier.status(status)
+                last_status = status
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+
+    async def status_line(self) -> str:
+        """``STATUS=``: mailboxes up, queue depth, paused senders."""
+        up = [n for n, w in self.watchers.items() if w.failing is None and w.last_ok is not None]
+        down = [
+            f"{n}: {w.failing}" if w.failing else f"{n}: not polled yet"
+            for n, w in self.watchers.items()
+            if n not in up
+        ]
+        text = f"mailboxes {len(up)}/{len(self.watchers)} up"
+        if down:
+            text += f" ({'; '.join(down)[:120]})"
+        if self.db is None:
+            return text
+        async with self.db.sessions() as session:
+            inbound = await session.scalar(
+                select(func.count())
+                .select_from(InboundModel)
+                .where(InboundModel.status == repo.PENDING)
+            )
+            outbox = await session.scalar(
+                select(func.count())
+                .select_from(OutboundModel)
+                .where(OutboundModel.status == "queued")
+            )
+            paused = list(
+                await session.scalars(
+                    select(MailboxRow.name).where(MailboxRow.send_paused_at.is_not(None))
+                )
+            )
+        text += f"; queue: {inbound or 0} in, {outbox or 0} out"
+        text += f"; paused senders: {', '.join(paused) if paused else 'none'}"
+        return text
+
+    async def _check_logins(self) -> None:
+        """Stop with exit 77 when every mailbox refused the login at start
+        (a wrong password or token: no restart fixes it).  One that is down
+        or refuses while another works is an alert, and the daemon goes on."""
+        watchers = list(self.watchers.values())
+        if not watchers or not all(isinstance(w.inbox, ImapInbox) for w in watchers):
+            return  # a local Maildir cannot refuse a login: not every mailbox can fail
+        await asyncio.gather(*(w.polled.wait() for w in watchers))
+        if all(w.auth_failures and w.last_ok is None for w in watchers):
+            log.error(
+                "every mailbox refused the login at start (%s); stopping",
+                ", ".join(w.config.name for w in watchers),
+            )
+            self.logins_refused = True
+            self.stop()
 
     # -- the listeners ----------------------------------------------------
     async def start_listeners(self) -> None:
@@ -629,6 +737,7 @@ class Service:
             watcher.again = True
             while watcher.again and not self.stop_event.is_set():
                 watcher.again = False
+                self.beats.beat(f"mailbox {watcher.config.name}")
                 if time.monotonic() < watcher.retry_at:
                     return
                 try:
@@ -645,11 +754,15 @@ class Service:
                     )
                 except ChannelError as exc:
                     await self._mailbox_failed(watcher, exc)
+                    watcher.polled.set()
                     return
                 except OSError as exc:
                     await self._mailbox_failed(watcher, TransientChannelError(str(exc)))
+                    watcher.polled.set()
                     return
+                self.beats.beat(f"mailbox {watcher.config.name}")
                 watcher.ready.set()
+                watcher.polled.set()
                 watcher.last_ok = self.clock.now()
                 if watcher.failing is not None:
                     await self._mailbox_recovered(watcher)
@@ -731,6 +844,7 @@ class Service:
         assert self.pipeline is not None
         tick = self.loaded.settings.scheduler.tick.total_seconds()
         while not self.stop_event.is_set():
+            self.beats.beat("stages")
             self.wake.clear()
             stats = await self.pipeline.run_pending(self.stop_event)
             if stats.processed:
@@ -771,6 +885,13 @@ class Service:
         at once; a mailbox added, changed or removed is watched accordingly.
         The database, the state directory and the brain change only with a
         restart: a reload reports them and keeps running with the old values."""
+        self.notifier.reloading()
+        try:
+            return await self._reload()
+        finally:
+            self.notifier.ready(await self.status_line())
+
+    async def _reload(self) -> bool:
         self._config_seen = _fingerprint(self.loaded.file)
         try:
             loaded = config_module.load(self.loaded.file)
@@ -783,6 +904,7 @@ class Service:
         if self.sender is not None and self.db is not None:
             old = self.sender
             self.sender = build_sender(loaded, self.db, self.clock, self.owner)
+            self.sender.observe = self.metrics.observe_send
             stages = self.pipeline.stages if self.pipeline else ()
             self.planner = build_planner(loaded, self.db, self.sender.settings, stages)
             await old.close()

@@ -16,9 +16,8 @@ from leadloop.knowledge.passages import KnowledgePassage, collect
 
 log = logging.getLogger("leadloop.knowledge")
 # Importing bm25s sets its own logger to DEBUG (bm25s/__init__.py), which
-# would print index builds whatever the daemon's log level: hand the level
-# back to the daemon's logging setup.
-logging.getLogger("bm25s").setLevel(logging.NOTSET)
+# would print every index build whatever the daemon's log level.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 _STEMMERS = {"en": "english", "de": "german", "fr": "french", "es": "spanish"}
 
 
