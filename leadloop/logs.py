@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from types import TracebackType
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -59,6 +60,12 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(event, ensure_ascii=False))
 
 
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("leadloop").critical("crashed: %s", value, exc_info=(kind, value, tb))
+
+
 def setup(level: str = "info", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
     """Log to stderr at *level* in *fmt* (``text`` or ``json``)."""
     for value in secrets:
@@ -73,6 +80,8 @@ def setup(level: str = "info", fmt: str = "text", secrets: Iterable[str] = ()) -
             text = "%(asctime)s " + text
         handler.setFormatter(OneLineFormatter(text))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # A crash's traceback goes through the same masking, on one line.
+    sys.excepthook = _log_uncaught
     # Their INFO lines (each migration step, each job run) drown ours.
     for noisy in ("alembic", "apscheduler", "bm25s", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

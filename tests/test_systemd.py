@@ -453,3 +453,19 @@ password_credential = "smtp-password"
     everything = b"".join(lines).decode()
     assert secret not in everything
     assert secret.encode() not in environ
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_crash_is_logged_on_one_line_with_secrets_masked(fmt: str) -> None:
+    code = (
+        "from leadloop import logs\n"
+        f"logs.setup('info', '{fmt}', ['TopSecretValue1'])\n"
+        "raise RuntimeError('cannot log in with TopSecretValue1\\nsecond line')\n"
+    )
+    crashed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert crashed.returncode == 1
+    assert "TopSecretValue1" not in crashed.stderr
+    assert "[secret]" in crashed.stderr
+    lines = crashed.stderr.splitlines()
+    assert len(lines) == 1, crashed.stderr  # the traceback too
+    assert "Traceback" in lines[0] and "RuntimeError" in lines[0]
