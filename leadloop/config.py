@@ -192,6 +192,111 @@ class ScreeningConfig(_Section):
     sender_per_10min: int = Field(default=30, ge=1)
 
 
+class OAuth2Config(_Section):
+    """Where an XOAUTH2 access token comes from, refreshed before it expires
+    (``leadloop/auth/oauth2.py``), instead of a static token in the secret.
+
+    ``client_credentials``: a Microsoft Entra app with application
+    permissions (Exchange Online IMAP/SMTP), through msal: ``authority``,
+    ``client_id``, ``client_secret_*``, ``scopes``.  ``refresh_token``: a
+    delegated grant (Gmail, a Microsoft user): ``token_url``, ``client_id``,
+    ``client_secret_*``, ``refresh_token_*``, ``scopes``.  Secrets come from
+    ``*_env``, ``*_file`` or ``*_credential`` as everywhere else.
+    """
+
+    provider: Literal["client_credentials", "refresh_token"]
+    authority: str | None = None
+    """``https://login.microsoftonline.com/<tenant-id>`` (client_credentials)."""
+    token_url: str | None = None
+    """The token endpoint (refresh_token), e.g. ``https://oauth2.googleapis.com/token``."""
+    client_id: str = Field(min_length=1)
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    client_secret_credential: str | None = None
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
+    refresh_token_credential: str | None = None
+    scopes: list[str] = Field(min_length=1)
+    ca_file: Path | None = None
+    """A CA bundle to trust for the token endpoint (relative: to the config file)."""
+    timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _fits_provider(self) -> OAuth2Config:
+        for secret in ("client_secret", "refresh_token"):
+            given = [
+                f"{secret}_{kind}"
+                for kind in ("env", "file", "credential")
+                if getattr(self, f"{secret}_{kind}") is not None
+            ]
+            if len(given) > 1:
+                raise ValueError(f"give only one of {', '.join(given)}")
+        if self.provider == "client_credentials":
+            if self.token_url is not None or self.refresh_token_source.has_secret:
+                raise ValueError(
+                    'token_url and refresh_token_* are for provider = "refresh_token"; '
+                    "client_credentials takes authority"
+                )
+            if self.authority is None:
+                raise ValueError('provider = "client_credentials" needs authority')
+            _https_url("authority", self.authority)
+        else:
+            if self.authority is not None:
+                raise ValueError(
+                    'authority is for provider = "client_credentials"; '
+                    "refresh_token takes token_url"
+                )
+            if self.token_url is None:
+                raise ValueError('provider = "refresh_token" needs token_url')
+            _https_url("token_url", self.token_url)
+            if not self.refresh_token_source.has_secret:
+                raise ValueError(
+                    'provider = "refresh_token" needs refresh_token_env, refresh_token_file '
+                    "or refresh_token_credential"
+                )
+        if not self.client_secret_source.has_secret:
+            raise ValueError(
+                f'provider = "{self.provider}" needs client_secret_env, client_secret_file '
+                "or client_secret_credential"
+            )
+        return self
+
+    @property
+    def client_secret_source(self) -> SecretSource:
+        return SecretSource(
+            password_env=self.client_secret_env,
+            password_file=self.client_secret_file,
+            password_credential=self.client_secret_credential,
+        )
+
+    @property
+    def refresh_token_source(self) -> SecretSource:
+        return SecretSource(
+            password_env=self.refresh_token_env,
+            password_file=self.refresh_token_file,
+            password_credential=self.refresh_token_credential,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The authority (client_credentials) or the token URL (refresh_token)."""
+        endpoint = self.authority if self.provider == "client_credentials" else self.token_url
+        assert endpoint is not None
+        return endpoint
+
+
+def _https_url(key: str, value: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{key} must be an https:// URL (got {value!r})")
+    if "<" in value or ">" in value:
+        raise ValueError(f"{key} still holds a placeholder: {value!r}")
+    if parts.username or parts.password:
+        raise ValueError(f"{key} must not carry credentials; use client_secret_*")
+
+
 class MailboxConfig(SecretSource):
     """One watched mailbox: a local Maildir, or a folder on an IMAP server."""
 
@@ -214,6 +319,8 @@ class MailboxConfig(SecretSource):
     security: Literal["tls", "starttls", "none"] = "tls"
     username: str | None = None
     auth: Literal["login", "xoauth2"] = "login"
+    oauth2: OAuth2Config | None = None
+    """With ``auth = "xoauth2"``: a token provider instead of a static token."""
     folder: str = "INBOX"
     idle: bool = True
     timeout: Duration = timedelta(seconds=30)
@@ -241,6 +348,8 @@ class MailboxConfig(SecretSource):
             given = [key for key in imap_only if getattr(self, key) is not None]
             if given or self.has_secret:
                 raise ValueError(f"{', '.join(given) or 'a password'} is for imap mailboxes only")
+            if self.oauth2 is not None:
+                raise ValueError("oauth2 is for imap mailboxes only")
             if self.acknowledge == "keyword":
                 raise ValueError('acknowledge = "keyword" needs an imap mailbox')
             if self.sent_copy != "none":
@@ -254,10 +363,11 @@ class MailboxConfig(SecretSource):
             raise ValueError("an imap mailbox needs host")
         if not self.username:
             raise ValueError("an imap mailbox needs username")
-        if not self.has_secret:
+        _oauth2_fits(self.auth, self.oauth2, self.has_secret)
+        if not self.has_secret and self.oauth2 is None:
             raise ValueError(
                 "an imap mailbox needs password_env, password_file or password_credential"
-                + (" (holding the OAuth2 token)" if self.auth == "xoauth2" else "")
+                + (" (holding the token) or an oauth2 table" if self.auth == "xoauth2" else "")
             )
         if self.security == "none" and not is_loopback(self.host):
             raise ValueError(
@@ -290,6 +400,8 @@ class SmtpConfig(SecretSource):
     security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
     auth: Literal["login", "xoauth2"] = "login"
+    oauth2: OAuth2Config | None = None
+    """With ``auth = "xoauth2"``: a token provider instead of a static token."""
     timeout: Duration = timedelta(seconds=30)
     # RFC 5321 4.5.3.2.6: wait at least 10 minutes for the reply to the final dot.
     data_timeout: Duration = timedelta(minutes=10)
@@ -303,7 +415,10 @@ class SmtpConfig(SecretSource):
 
     @model_validator(mode="after")
     def _auth_fits(self) -> SmtpConfig:
-        if self.username and not self.has_secret:
+        _oauth2_fits(self.auth, self.oauth2, self.has_secret)
+        if self.oauth2 is not None and not self.username:
+            raise ValueError("oauth2 needs username")
+        if self.username and not self.has_secret and self.oauth2 is None:
             raise ValueError("username needs password_env, password_file or password_credential")
         if self.has_secret and not self.username:
             raise ValueError("a password needs username")
@@ -313,6 +428,18 @@ class SmtpConfig(SecretSource):
                 "(allowed on loopback only)"
             )
         return self
+
+
+def _oauth2_fits(auth: str, oauth2: OAuth2Config | None, has_secret: bool) -> None:
+    if oauth2 is None:
+        return
+    if auth != "xoauth2":
+        raise ValueError('an oauth2 table needs auth = "xoauth2"')
+    if has_secret:
+        raise ValueError(
+            "give either a static token (password_env, password_file or password_credential) "
+            "or an oauth2 table, not both"
+        )
 
 
 class OutboxConfig(_Section):
@@ -1065,6 +1192,9 @@ def loads(text: str, file: Path) -> LoadedConfig:
             field = exc.field
             if key == ("brain", "openai"):
                 field = field.replace("password_", "api_key_")
+            if key[-2:-1] == ("oauth2",):
+                # ("smtp", "oauth2", "client_secret") read from client_secret_env, ...
+                key, field = key[:-1], field.replace("password", str(key[-1]))
             problems.append(problem((*key, field), str(exc)))
             continue
         if value is not None:
@@ -1189,6 +1319,19 @@ def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], S
         yield ("brain", "openai"), settings.brain.openai.key_source()
     for index, box in enumerate(settings.mailboxes):
         yield ("mailboxes", index), box
+    # OAuth2 providers' secrets: "smtp.oauth2.client_secret",
+    # "mailboxes[0].oauth2.refresh_token", ... in LoadedConfig.secrets.
+    sections: list[tuple[tuple[str | int, ...], MailboxConfig | SmtpConfig]] = [
+        (("smtp",), settings.smtp)
+    ]
+    if settings.alerts.smtp is not None:
+        sections.append((("alerts", "smtp"), settings.alerts.smtp))
+    sections.extend((("mailboxes", index), box) for index, box in enumerate(settings.mailboxes))
+    for key, section in sections:
+        if section.oauth2 is not None:
+            yield (*key, "oauth2", "client_secret"), section.oauth2.client_secret_source
+            if section.oauth2.provider == "refresh_token":
+                yield (*key, "oauth2", "refresh_token"), section.oauth2.refresh_token_source
 
 
 class SecretUnavailable(Exception):

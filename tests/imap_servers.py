@@ -20,7 +20,9 @@ Two servers, one interface (:class:`ImapServer`):
   stays allowed without it) and an implicit-TLS port sits beside it
   (``tls_port``; clients verify with ``ca_file``).  XOAUTH2/OAUTHBEARER take
   HS256 JWTs signed with the instance's own key (:meth:`ImapServer.oauth2_token`),
-  validated locally by Dovecot's ``oauth2`` passdb.
+  validated locally by Dovecot's ``oauth2`` passdb; or, with *introspection*
+  (:class:`Introspection`), any token, which the passdb checks by RFC 7662
+  introspection against an HTTPS endpoint (tests/oauth2_server.py).
 
 Every helper on :class:`ImapServer` (``deliver``, ``seen_count``, ...) opens
 its own aioimaplib connection, as another client or the MTA would, and logs
@@ -585,15 +587,34 @@ namespace inbox {{
 """
 
 
+@dataclass(frozen=True)
+class Introspection:
+    """Where Dovecot's oauth2 passdb checks tokens instead of validating JWTs
+    itself: ``introspection_mode = post`` (RFC 7662: ``token=...`` in a form,
+    Basic client credentials in *url*), the user in the answer's
+    ``username``, ``active`` must be ``true``; *ca_file* is the CA the
+    endpoint's certificate chains to."""
+
+    url: str
+    ca_file: Path
+
+
 class Dovecot:
     """A throwaway Dovecot instance; see :func:`dovecot_server`."""
 
     def __init__(
-        self, dovecot: str, doveadm: str, *, tls: bool = True, oauth2: bool = True
+        self,
+        dovecot: str,
+        doveadm: str,
+        *,
+        tls: bool = True,
+        oauth2: bool = True,
+        introspection: Introspection | None = None,
     ) -> None:
         """*tls*: certificates, STARTTLS and an imaps port (``tls_port``,
         ``certificates``; else both ``None`` and ``ssl = no``).  *oauth2*:
-        XOAUTH2/OAUTHBEARER with JWTs signed by ``oauth2_key``."""
+        XOAUTH2/OAUTHBEARER with JWTs signed by ``oauth2_key``, or, with
+        *introspection*, with tokens checked at that endpoint."""
         self.dovecot_bin, self.doveadm_bin = dovecot, doveadm
         self.base = Path(tempfile.mkdtemp(prefix="leadloop-dovecot-"))
         self.base.chmod(0o755)
@@ -615,7 +636,9 @@ class Dovecot:
             self.certificates = make_certificates(self.base / "tls")
         self.oauth2_key: bytes | None = None
         oauth2_config = None
-        if oauth2:
+        if oauth2 and introspection is not None:
+            oauth2_config = self._write_introspection_config(introspection)
+        elif oauth2:
             self.oauth2_key = secrets.token_bytes(32)
             oauth2_config = self._write_oauth2_config(self.oauth2_key)
         self.config_path.write_text(
@@ -646,6 +669,21 @@ class Dovecot:
             "introspection_mode = local\n"
             f"local_validation_key_dict = fs:posix:prefix={keys}/\n"
             "username_attribute = sub\n"
+        )
+        config.chmod(0o644)
+        return config
+
+    def _write_introspection_config(self, introspection: Introspection) -> Path:
+        """The oauth2 passdb's settings for RFC 7662 introspection (no
+        ``tokeninfo_url``: 2.3 then goes straight to introspection)."""
+        config = self.base / "dovecot-oauth2.conf.ext"
+        config.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {introspection.url}\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            f"tls_ca_cert_file = {introspection.ca_file}\n"
         )
         config.chmod(0o644)
         return config
@@ -809,14 +847,17 @@ def _greets(port: int) -> bool:
 
 
 @contextmanager
-def dovecot_server(*, tls: bool = True, oauth2: bool = True) -> Iterator[Dovecot]:
+def dovecot_server(
+    *, tls: bool = True, oauth2: bool = True, introspection: Introspection | None = None
+) -> Iterator[Dovecot]:
     """A running throwaway Dovecot; ``new_user()`` gives accounts on it.
 
     Config: see :func:`dovecot_config` (passwd-file passdb with ``{PLAIN}``
     passwords, static userdb, Maildir, Sent/Drafts with SPECIAL-USE, no
     brute-force penalty; with *tls*, STARTTLS on the plain port and implicit
     TLS on ``tls_port`` under a throwaway CA, plain LOGIN still allowed; with
-    *oauth2*, XOAUTH2/OAUTHBEARER with locally validated JWTs).  As root the
+    *oauth2*, XOAUTH2/OAUTHBEARER with locally validated JWTs, or with tokens
+    checked at an RFC 7662 endpoint given as *introspection*).  As root the
     Maildirs belong to the ``dovecot`` system user (Dovecot refuses mail
     access as uid 0); rootless, everything runs as the current user.  A wrong
     password is answered after <= 0.5 s (2.3 flushes auth failures on a
@@ -825,7 +866,7 @@ def dovecot_server(*, tls: bool = True, oauth2: bool = True) -> Iterator[Dovecot
     dovecot, doveadm = find_dovecot_bin("dovecot"), find_dovecot_bin("doveadm")
     if not dovecot or not doveadm:
         raise RuntimeError(DOVECOT_MISSING)
-    instance = Dovecot(dovecot, doveadm, tls=tls, oauth2=oauth2)
+    instance = Dovecot(dovecot, doveadm, tls=tls, oauth2=oauth2, introspection=introspection)
     try:
         instance.start()
         yield instance

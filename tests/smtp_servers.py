@@ -7,13 +7,16 @@ The server and the accepting handler are ``leadloop demo``'s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from leadloop.demo.smtp import CaptureHandler, Received, smtp_server
 
-__all__ = ["Received", "ScriptedHandler", "smtp_server"]
+__all__ = ["Received", "ScriptedHandler", "XOAuth2Handler", "smtp_server"]
 
 
 @dataclass
@@ -50,3 +53,33 @@ class ScriptedHandler(CaptureHandler):
         import email
 
         return [str(email.message_from_bytes(r.data)["Message-ID"]) for r in self.received]
+
+
+def _no_token(token: str) -> str | None:
+    return None
+
+
+@dataclass
+class XOAuth2Handler(ScriptedHandler):
+    """AUTH XOAUTH2 as Gmail and Exchange Online take it: the initial
+    response is base64 of ``user=<u>^Aauth=Bearer <token>^A^A``; the login
+    succeeds when *validate* says the token is that user's (aiosmtpd finds
+    ``auth_<MECHANISM>`` methods on the handler).  ``logins`` lists the users
+    let in."""
+
+    validate: Callable[[str], str | None] = _no_token
+    """Access token -> the user it stands for, or None."""
+    logins: list[str] = field(default_factory=list)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        try:
+            decoded = base64.b64decode(args[1], validate=True).decode()
+        except (IndexError, binascii.Error, UnicodeDecodeError):
+            return AuthResult(success=False, handled=False)
+        fields = dict(part.split("=", 1) for part in decoded.split("\x01") if "=" in part)
+        user, bearer = fields.get("user", ""), fields.get("auth", "")
+        token = bearer.removeprefix("Bearer ")
+        ok = bool(user) and bearer.startswith("Bearer ") and self.validate(token) == user
+        if ok:
+            self.logins.append(user)
+        return AuthResult(success=ok, handled=False, auth_data=user)
