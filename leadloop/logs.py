@@ -10,6 +10,7 @@ written: a last line of defence behind code that never logs them.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -20,23 +21,33 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 _secrets: set[str] = set()
+_transient: collections.deque[str] = collections.deque(maxlen=64)
+_ordered: tuple[str, ...] = ()
 _lock = threading.Lock()
 MASK = "[secret]"
 # Shorter values are too likely to be ordinary words to mask everywhere.
 MIN_SECRET = 6
 
 
-def register_secret(value: str | None) -> None:
-    """Mask *value* in every log line from now on."""
-    if value and len(value) >= MIN_SECRET:
-        with _lock:
+def register_secret(value: str | None, *, transient: bool = False) -> None:
+    """Mask *value* in every log line from now on.  A *transient* one (an
+    access token renewed every hour) is masked while it is among the last 64
+    such values, so the set does not grow for as long as the daemon runs."""
+    global _ordered
+    if not value or len(value) < MIN_SECRET:
+        return
+    with _lock:
+        if transient:
+            if value in _transient:
+                return
+            _transient.append(value)
+        else:
             _secrets.add(value)
+        _ordered = tuple(sorted({*_secrets, *_transient}, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    with _lock:
-        known = sorted(_secrets, key=len, reverse=True)
-    for secret in known:
+    for secret in _ordered:
         if secret in text:
             text = text.replace(secret, MASK)
     return text

@@ -138,7 +138,7 @@ class _Refreshing:
             access, lifetime = await asyncio.to_thread(self._fetch)
         except _Refused as exc:
             return await self._failed(self._redact(str(exc)))
-        logs.register_secret(access)
+        logs.register_secret(access, transient=True)
         self._access, self._expires_at = access, self._now() + lifetime
         if self._failures:
             log.info(

@@ -315,16 +315,19 @@ class ImapConnection:
         assert self.client is not None
         protocol = self.client.protocol
         sasl = f"user={self.settings.username}\x01auth=Bearer {token}\x01\x01"
+        login = base64.b64encode(sasl.encode()).decode("ascii")
         command = _SaslCommand(
             "AUTHENTICATE",
             protocol.new_tag(),
             "XOAUTH2",
-            base64.b64encode(sasl.encode()).decode("ascii"),
+            login,
             loop=protocol.loop,
             reply=lambda: protocol.transport.write(b"\r\n"),
         )
+        # What goes over the wire (and into aioimaplib's debug log) is the
+        # base64 login string: scrub that, not the bare token.
         response = await asyncio.wait_for(
-            protocol.execute(command, scrub=token), self.settings.timeout
+            protocol.execute(command, scrub=login), self.settings.timeout
         )
         if response.result == "OK":
             protocol.state = aioimaplib.AUTH

@@ -87,7 +87,14 @@ class SmtpConnection:
 
     async def connect(self) -> None:
         s = self.settings
-        secret = await self._secret() if s.username else None
+        try:
+            secret = await self._secret() if s.username else None
+        except SmtpFailure:
+            raise
+        except Exception as exc:
+            # A secret that cannot be had is a relay we cannot log in to now:
+            # the outbox retries it on its schedule, the row is not stuck.
+            raise SmtpFailure("connect", None, f"no credentials: {exc}") from exc
 
         async def token() -> str:
             return secret or ""

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from leadloop.auth import secret_source
 from leadloop.channels.smtp import SmtpConnection, SmtpFailure, SmtpSettings
 from leadloop.config import LoadedConfig
 from leadloop.mail import compose
@@ -68,10 +69,7 @@ class AlertMailer:
         if not events:
             return 0
 
-        async def secret() -> str | None:
-            return loaded.secret(self.secret_key)
-
-        connection = SmtpConnection(self.smtp, secret)
+        connection = SmtpConnection(self.smtp, secret_source(loaded, self.secret_key))
         mailed = after
         try:
             for event in events:

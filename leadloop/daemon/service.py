@@ -39,6 +39,7 @@ from leadloop.agent.staff import Staff
 from leadloop.agent.stages import build_stages, token_keys
 from leadloop.agent.tracking import ScannerRules
 from leadloop.agent.understand import seed_budget
+from leadloop.auth import AlertHook, secret_source
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
 from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
@@ -86,7 +87,7 @@ BACKOFF_MAX = 300.0
 AUTH_FAILURES_BEFORE_SLOWDOWN = 3
 
 
-def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
+def build_inbox(box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | None = None) -> Inbox:
     if box.kind == "maildir":
         return MaildirInbox(
             box.name,
@@ -95,9 +96,11 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig) -> Inbox:
             move_to=box.move_to,
         )
     assert box.host is not None and box.username is not None
+    source = secret_source(loaded, box, alert=alert)
 
     async def secret() -> str:
-        value = loaded.mailbox_secret(box.name)
+        # The password, a static token, or a current OAuth2 access token.
+        value = await source()
         if value is None:
             raise AuthError(f"mailbox {box.name} has no password or token")
         return value
@@ -135,25 +138,23 @@ def build_planner(
     return Planner(db, CadenceSettings.from_config(loaded), send, writer, validator)
 
 
-def build_sender(loaded: LoadedConfig, db: Database, clock: Clock, owner: str) -> Sender:
+def build_sender(
+    loaded: LoadedConfig, db: Database, clock: Clock, owner: str, alert: AlertHook | None = None
+) -> Sender:
     """The outbox's sender for *loaded*: its SMTP relay and, for mailboxes
     with ``sent_copy``, an IMAP connection to their Sent folder."""
     settings = loaded.settings
-
-    async def secret() -> str | None:
-        return loaded.secret("smtp")
-
     folders: dict[str, SentFolder] = {}
     for box in settings.mailboxes:
         if box.sent_copy != "none" and box.kind == "imap":
-            inbox = build_inbox(box, loaded)
+            inbox = build_inbox(box, loaded, alert)
             assert isinstance(inbox, ImapInbox)
             folders[box.name] = inbox
     return Sender(
         db,
         OutboxSettings.from_config(loaded, token_keys(loaded)),
         SmtpSettings.from_config(settings.smtp, loaded.config_dir),
-        secret,
+        secret_source(loaded, "smtp", alert=alert),
         clock,
         worker=owner,
         connections=settings.smtp.connections,
@@ -298,7 +299,7 @@ class Service:
             await self.pipeline.recover(all_claims=self.db.is_sqlite)
             await seed_budget(self.db, self.pipeline.stages, self.clock.now())
             await self._sync_watchers()
-            self.sender = build_sender(self.loaded, self.db, self.clock, self.owner)
+            self.sender = build_sender(self.loaded, self.db, self.clock, self.owner, self._alert)
             self.sender.observe = self.metrics.observe_send
             await self.sender.recover(all_claims=self.db.is_sqlite)
             self.planner = build_planner(
@@ -329,7 +330,8 @@ class Service:
                 continue
             async with self.db.transaction() as session:
                 row = await repo.ensure_mailbox(session, box.name, box.kind, box.address)
-            self.watchers[name] = Watcher(box, build_inbox(box, self.loaded), row.id)
+            inbox = build_inbox(box, self.loaded, self._alert)
+            self.watchers[name] = Watcher(box, inbox, row.id)
             silence = self.loaded.settings.service.watchdog_silence.total_seconds()
             self.beats.expect(
                 f"mailbox {name}", max(silence, 3 * box.poll_interval.total_seconds())
@@ -903,7 +905,7 @@ class Service:
         await self._sync_watchers()
         if self.sender is not None and self.db is not None:
             old = self.sender
-            self.sender = build_sender(loaded, self.db, self.clock, self.owner)
+            self.sender = build_sender(loaded, self.db, self.clock, self.owner, self._alert)
             self.sender.observe = self.metrics.observe_send
             stages = self.pipeline.stages if self.pipeline else ()
             self.planner = build_planner(loaded, self.db, self.sender.settings, stages)
