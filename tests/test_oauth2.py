@@ -34,7 +34,6 @@ from sqlalchemy import select
 from leadloop.agent import outbox
 from leadloop.agent.alerts import raise_alert
 from leadloop.agent.lifecycle import create_lead
-from leadloop.agent.stages import token_keys
 from leadloop.auth import oauth2 as oauth2_module
 from leadloop.auth.oauth2 import (
     ClientCredentials,
@@ -45,10 +44,9 @@ from leadloop.auth.oauth2 import (
     state_file,
 )
 from leadloop.channels.imap import ImapInbox, ImapSettings
-from leadloop.channels.smtp import SmtpSettings
 from leadloop.clock import ManualClock
 from leadloop.config import ConfigError, LoadedConfig, load
-from leadloop.daemon.sender import Sender
+from leadloop.daemon.service import build_inbox, build_sender
 from leadloop.mail.smtpreply import SmtpFailure
 from leadloop.storage import repo
 from leadloop.storage.db import Database
@@ -549,16 +547,8 @@ async def test_xoauth2_to_dovecot_checking_tokens_by_introspection(
         loaded = make_config(imap_config(oauth2, client_id, account.user, account.tls_port,
                                          account.ca_file))  # fmt: skip
         box = loaded.settings.mailboxes[0]
-        settings = ImapSettings(
-            host="127.0.0.1",
-            port=box.imap_port,
-            security="tls",
-            username=account.user,
-            auth="xoauth2",
-            timeout=10,
-            ca_file=account.ca_file,
-        )
-        imap = ImapInbox("sales", settings, secret_source(loaded, box))
+        imap = build_inbox(box, loaded)  # the daemon's own wiring
+        assert isinstance(imap, ImapInbox)
         try:
             await imap.open()
             await account.deliver(message())
@@ -636,17 +626,9 @@ SMTP_AUTH_WARNING = "ignore:Requiring AUTH while not requiring TLS"
 async def queue_and_drain(
     loaded: LoadedConfig, db: Database, clock: ManualClock
 ) -> OutboundMessage:
-    """One touch through the real outbox and sender, with the relay's secret
-    from secret_source (as build_sender will take it)."""
-    settings = loaded.settings
-    sender = Sender(
-        db,
-        outbox.OutboxSettings.from_config(loaded, token_keys(loaded)),
-        SmtpSettings.from_config(settings.smtp, loaded.config_dir),
-        secret_source(loaded, "smtp"),
-        clock,
-        worker="t",
-    )
+    """One touch through the real outbox and the daemon's sender (its relay
+    secret from secret_source)."""
+    sender = build_sender(loaded, db, clock, "t")
     try:
         async with db.transaction() as session:
             await repo.ensure_mailbox(session, "sales", "maildir", "sales@acme.example")
