@@ -313,6 +313,44 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """The daemons sharing the database: live or not, what each polls and holds."""
+    from leadloop.storage import queries
+
+    loaded = _load(args)
+    tick = loaded.settings.scheduler.tick
+    live_within = max(3 * tick, timedelta(seconds=90))
+
+    async def main() -> int:
+        async with _database(loaded) as db:
+            rows = await queries.cluster(db, datetime.now(UTC), live_within)
+        if not args.all:
+            rows = [r for r in rows if r["live"]]
+        if args.json:
+            for row in rows:
+                print(json.dumps(row))
+            return EXIT_OK
+        _table(
+            [
+                (
+                    r["id"],
+                    "live" if r["live"] else ("stopped" if r["stopped_at"] else "silent"),
+                    r["seen_at"][:19],
+                    ",".join(r["mailboxes"]) or "-",
+                    r["claims"]["inbound"],
+                    r["claims"]["due"],
+                    r["claims"]["sending"],
+                )
+                for r in rows
+            ],
+            ("daemon", "state", "seen", "polls", "in work", "due", "sending"),
+            sys.stdout,
+        )
+        return EXIT_OK
+
+    return _run_async(main())
+
+
 def cmd_escalations(args: argparse.Namespace) -> int:
     from leadloop.storage import queries
 
@@ -754,6 +792,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="list mail in this status (repeatable; default: held, failed, in_doubt)",
     )
     p.add_argument("--json", action="store_true")
+
+    cluster = sub.add_parser("cluster", help="several daemons on one database").add_subparsers(
+        dest="cluster_command", required=True, metavar="ACTION"
+    )
+    p = add("status", cmd_cluster, "the live daemons, what each polls and holds", into=cluster)
+    p.add_argument("--all", action="store_true", help="stopped and silent ones too")
+    p.add_argument("--json", action="store_true", help="one JSON object per daemon")
 
     p = add("escalations", cmd_escalations, "leads a person must look at")
     p.add_argument("action", choices=("list", "show"))

@@ -152,10 +152,15 @@ class PipelineConfig(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff: Duration = timedelta(seconds=30)
     max_message_size: Size = 25 * 1000**2
+    lease: Duration = timedelta(minutes=10)
+    """How long a claimed message is this daemon's; when a daemon dies
+    holding it, another takes it over once the lease runs out."""
 
 
 class SchedulerConfig(_Section):
     tick: Duration = timedelta(seconds=30)
+    lease: Duration = timedelta(minutes=5)
+    """How long a claimed due task is this daemon's (see [pipeline] lease)."""
 
 
 class StaffConfig(_Section):

@@ -27,7 +27,9 @@ from typing import IO
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from leadloop import __version__
 from leadloop import config as config_module
 from leadloop.agent.cadence import CadenceSettings, Planner
 from leadloop.agent.due import run_due
@@ -61,9 +63,12 @@ from leadloop.report.events import EventPusher
 from leadloop.report.weekly import send_weekly_summary
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
+from leadloop.storage.locks import MailboxLock
+from leadloop.storage.models import DaemonRow
 from leadloop.storage.models import InboundMessage as InboundModel
 from leadloop.storage.models import Mailbox as MailboxRow
 from leadloop.storage.models import OutboundMessage as OutboundModel
+from leadloop.storage.models import ScheduledTask as TaskModel
 
 log = logging.getLogger("leadloop.daemon.service")
 
@@ -169,6 +174,10 @@ class Watcher:
     config: MailboxConfig
     inbox: Inbox
     mailbox_id: int
+    poller: MailboxLock
+    """This daemon polls the mailbox only while it holds this lock (one
+    poller per mailbox across daemons sharing a PostgreSQL database)."""
+    polling: bool = False
     opened: bool = False
     failing: str | None = None
     failures: int = 0
@@ -293,6 +302,7 @@ class Service:
                 or build_stages(self.loaded, token_keys(self.loaded), now=self.clock.now),
                 max_attempts=settings.pipeline.max_attempts,
                 retry_backoff=settings.pipeline.retry_backoff,
+                lease=settings.pipeline.lease,
             )
             # On SQLite this is the only daemon (the instance lock), so every
             # claim left in the database is a crashed one.
@@ -305,6 +315,7 @@ class Service:
             self.planner = build_planner(
                 self.loaded, self.db, self.sender.settings, self.pipeline.stages
             )
+            await self._register()
         except BaseException:
             await self._close()
             raise
@@ -325,13 +336,14 @@ class Service:
                 if watcher.listener is not None:
                     watcher.listener.cancel()
                 await watcher.inbox.close()
+                await watcher.poller.release()
         for name, box in wanted.items():
             if name in self.watchers:
                 continue
             async with self.db.transaction() as session:
                 row = await repo.ensure_mailbox(session, box.name, box.kind, box.address)
             inbox = build_inbox(box, self.loaded, self._alert)
-            self.watchers[name] = Watcher(box, inbox, row.id)
+            self.watchers[name] = Watcher(box, inbox, row.id, MailboxLock(self.db, box.name))
             silence = self.loaded.settings.service.watchdog_silence.total_seconds()
             self.beats.expect(
                 f"mailbox {name}", max(silence, 3 * box.poll_interval.total_seconds())
@@ -387,7 +399,13 @@ class Service:
         assert self.pipeline is not None and self.db is not None
         for watcher in self.watchers.values():
             await self.poll(watcher)
-        await run_due(self.db, self.clock.now(), owner=self.owner, context=self.planner)
+        await run_due(
+            self.db,
+            self.clock.now(),
+            owner=self.owner,
+            lease=self.loaded.settings.scheduler.lease,
+            context=self.planner,
+        )
         await self.pipeline.run_pending()
         await self.plan_touches()
         await self.weekly_summary()
@@ -415,7 +433,11 @@ class Service:
         for watcher in self.watchers.values():
             with contextlib.suppress(Exception):
                 await watcher.inbox.close()
+            with contextlib.suppress(Exception):
+                await watcher.poller.release()
         if self.db is not None:
+            with contextlib.suppress(Exception):
+                await self._register(stopped=True)
             await self.db.dispose()
         self.lock.release()
 
@@ -473,6 +495,98 @@ class Service:
                 coalesce=True,
             )
 
+    # -- several daemons -------------------------------------------------------
+    async def _may_poll(self, watcher: Watcher) -> bool:
+        """Hold the mailbox's poll lock, or let the daemon that holds it poll."""
+        name = watcher.config.name
+        if await watcher.poller.hold():
+            if not watcher.polling:
+                watcher.polling = True
+                if not self.db or not self.db.is_sqlite:
+                    log.info("mailbox=%s polled by this daemon (%s)", name, self.owner)
+                    why = f"mailbox {name} polled by {self.owner}"
+                    await self._record("mailbox.poller", why)
+            return True
+        if watcher.polling or not watcher.polled.is_set():
+            log.info("mailbox=%s polled by another daemon", name)
+        watcher.polling = False
+        watcher.ready.clear()
+        if watcher.opened:
+            watcher.opened = False
+            with contextlib.suppress(Exception):
+                await watcher.inbox.close()
+        watcher.polled.set()
+        return False
+
+    async def _record(self, kind: str, reason: str) -> None:
+        """An event that is not an alert (no mail to the operators)."""
+        assert self.db is not None
+        with contextlib.suppress(Exception):
+            async with self.db.transaction() as session:
+                repo.add_event(
+                    session, kind, actor=self.owner, now=self.clock.now(), reasons=[reason]
+                )
+
+    async def _register(self, *, stopped: bool = False) -> None:
+        """This daemon's row in ``daemons`` (``leadloop cluster status``)."""
+        assert self.db is not None
+        now = self.clock.now()
+        mine = sorted(n for n, w in self.watchers.items() if w.polling and not stopped)
+        async with self.db.transaction() as session:
+            row = await session.get(DaemonRow, self.owner)
+            if row is None:
+                host, _, pid = self.owner.rpartition(":")
+                row = DaemonRow(
+                    id=self.owner,
+                    host=host,
+                    pid=int(pid) if pid.isdigit() else 0,
+                    version=__version__,
+                    started_at=now,
+                    seen_at=now,
+                    mailboxes=mine,
+                )
+                session.add(row)
+            row.seen_at, row.mailboxes = now, mine
+            row.stopped_at = now if stopped else None
+
+    async def reclaim(self) -> int:
+        """Claims whose lease ran out (a daemon died holding them) go back to
+        the others: messages in work, due tasks, mail being sent.  Only where
+        several daemons share the database; on SQLite the start does it."""
+        if self.db is None or self.db.is_sqlite or self.pipeline is None:
+            return 0
+        count = await self.pipeline.recover(all_claims=False)
+        async with self.db.transaction() as session:
+            count += await repo.release_expired_due(session, self.clock.now())
+        if self.sender is not None:
+            count += await self.sender.recover(all_claims=False)
+        return count
+
+    async def claims(self) -> dict[str, int]:
+        """What this daemon holds now: messages in work, due tasks, mail being sent."""
+        assert self.db is not None
+        async with self.db.sessions() as session:
+            return {
+                "inbound": await session.scalar(
+                    select(func.count()).where(
+                        InboundModel.status == repo.CLAIMED, InboundModel.claimed_by == self.owner
+                    )
+                )
+                or 0,
+                "due": await session.scalar(
+                    select(func.count()).where(
+                        TaskModel.status == repo.CLAIMED, TaskModel.claimed_by == self.owner
+                    )
+                )
+                or 0,
+                "outbox": await session.scalar(
+                    select(func.count()).where(
+                        OutboundModel.status == "sending", OutboundModel.claimed_by == self.owner
+                    )
+                )
+                or 0,
+            }
+
     # -- systemd ------------------------------------------------------------
     async def _watchdog(self) -> None:
         """WATCHDOG=1 while every loop beats; STATUS= kept current."""
@@ -502,15 +616,18 @@ class Service:
 
     async def status_line(self) -> str:
         """``STATUS=``: mailboxes up, queue depth, paused senders."""
-        up = [n for n, w in self.watchers.items() if w.failing is None and w.last_ok is not None]
+        mine = {n: w for n, w in self.watchers.items() if w.polling or not w.polled.is_set()}
+        up = [n for n, w in mine.items() if w.failing is None and w.last_ok is not None]
         down = [
             f"{n}: {w.failing}" if w.failing else f"{n}: not polled yet"
-            for n, w in self.watchers.items()
+            for n, w in mine.items()
             if n not in up
         ]
-        text = f"mailboxes {len(up)}/{len(self.watchers)} up"
+        text = f"mailboxes {len(up)}/{len(mine)} up"
         if down:
             text += f" ({'; '.join(down)[:120]})"
+        if elsewhere := len(self.watchers) - len(mine):
+            text += f", {elsewhere} polled by other daemons"
         if self.db is None:
             return text
         async with self.db.sessions() as session:
@@ -531,6 +648,12 @@ class Service:
             )
         text += f"; queue: {inbound or 0} in, {outbox or 0} out"
         text += f"; paused senders: {', '.join(paused) if paused else 'none'}"
+        if not self.db.is_sqlite:
+            held = await self.claims()
+            text += (
+                f"; daemon {self.owner} claims {held['inbound']} in, "
+                f"{held['due']} due, {held['outbox']} sending"
+            )
         return text
 
     async def _check_logins(self) -> None:
@@ -619,7 +742,10 @@ class Service:
         mailboxes = [
             {
                 "name": name,
-                "ok": w.failing is None and w.last_ok is not None,
+                # Polled by another daemon sharing the database: its business.
+                "ok": (w.failing is None and w.last_ok is not None)
+                or (w.polled.is_set() and not w.polling),
+                "polled_here": w.polling,
                 "last_poll": w.last_ok.isoformat() if w.last_ok else None,
                 "error": w.failing,
             }
@@ -640,9 +766,10 @@ class Service:
                     }
                     for m in paused
                 ]
+            claims = await self.claims()
         except Exception as exc:
-            return Health(f"{type(exc).__name__}: {exc}", mailboxes, [])
-        return Health(None, mailboxes, senders)
+            return Health(f"{type(exc).__name__}: {exc}", mailboxes, [], self.owner)
+        return Health(None, mailboxes, senders, self.owner, claims)
 
     # -- the work ---------------------------------------------------------
     async def bell(self) -> None:
@@ -651,7 +778,20 @@ class Service:
             return
         assert self.db is not None
         try:
-            ran = await run_due(self.db, self.clock.now(), owner=self.owner, context=self.planner)
+            await self._register()
+            if reclaimed := await self.reclaim():
+                log.warning("took over %d claims whose lease ran out", reclaimed)
+        except Exception:
+            log.exception("the cluster sweep failed; will try at the next tick")
+            self.metrics.error("database")
+        try:
+            ran = await run_due(
+                self.db,
+                self.clock.now(),
+                owner=self.owner,
+                lease=self.loaded.settings.scheduler.lease,
+                context=self.planner,
+            )
         except Exception:
             log.exception("due work failed; will try at the next tick")
             self.metrics.error("due")
@@ -742,6 +882,8 @@ class Service:
                 self.beats.beat(f"mailbox {watcher.config.name}")
                 if time.monotonic() < watcher.retry_at:
                     return
+                if not await self._may_poll(watcher):
+                    return
                 try:
                     if not watcher.opened:
                         await watcher.inbox.open()
@@ -760,6 +902,16 @@ class Service:
                     return
                 except OSError as exc:
                     await self._mailbox_failed(watcher, TransientChannelError(str(exc)))
+                    watcher.polled.set()
+                    return
+                except SQLAlchemyError as exc:
+                    # The database, not the mailbox: nothing was acknowledged;
+                    # the next poll (with the usual backoff) fetches it again.
+                    log.error("mailbox=%s: the database failed: %s", watcher.config.name, exc)
+                    self.metrics.error("database")
+                    watcher.retry_at = time.monotonic() + watcher.backoff(
+                        TransientChannelError("database")
+                    )
                     watcher.polled.set()
                     return
                 self.beats.beat(f"mailbox {watcher.config.name}")
@@ -845,10 +997,23 @@ class Service:
     async def _runner(self) -> None:
         assert self.pipeline is not None
         tick = self.loaded.settings.scheduler.tick.total_seconds()
+        failures = 0
         while not self.stop_event.is_set():
             self.beats.beat("stages")
             self.wake.clear()
-            stats = await self.pipeline.run_pending(self.stop_event)
+            try:
+                stats = await self.pipeline.run_pending(self.stop_event)
+            except SQLAlchemyError as exc:
+                # A lost database: pause, retry with backoff.  Claims stay
+                # correct: what was claimed is retaken after its lease.
+                failures += 1
+                pause = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
+                log.error("the database failed (%s); stages pause %.0fs", exc, pause)
+                self.metrics.error("database")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), pause)
+                continue
+            failures = 0
             if stats.processed:
                 log.info(
                     "pipeline processed=%d done=%d retried=%d quarantined=%d",

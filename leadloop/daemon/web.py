@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from html import escape
 from typing import Any
@@ -45,6 +45,9 @@ class Health:
     """None when the database answers; else the error."""
     mailboxes: list[dict[str, Any]]
     paused_senders: list[dict[str, Any]]
+    daemon: str = ""
+    """This daemon's id (host:pid), the owner name on its claims."""
+    claims: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -57,6 +60,8 @@ class Health:
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "daemon": self.daemon,
+            "claims": self.claims,
             "database": {"ok": self.database is None, "error": self.database},
             "mailboxes": self.mailboxes,
             "paused_senders": self.paused_senders,

@@ -400,6 +400,24 @@ class Order(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class DaemonRow(Base):
+    """A running daemon (``leadloop cluster status``): who it is, what it
+    polls, when it last showed it was alive."""
+
+    __tablename__ = "daemons"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    """host:pid, the owner name on its claims."""
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime] = mapped_column(index=True)
+    mailboxes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """The mailboxes it polls now (it holds their advisory locks)."""
+    stopped_at: Mapped[datetime | None]
+
+
 class Suppression(Base):
     __tablename__ = "suppressions"
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from leadloop.storage import repo
 from leadloop.storage.db import Database
 from leadloop.storage.models import (
     Account,
+    DaemonRow,
     Escalation,
     Event,
     InboundMessage,
@@ -17,6 +19,7 @@ from leadloop.storage.models import (
     LeadStateChange,
     Mailbox,
     OutboundMessage,
+    ScheduledTask,
 )
 
 
@@ -254,3 +257,39 @@ async def escalation_detail(db: Database, escalation_id: int) -> dict[str, Any] 
             lead_state=lead.state if lead else None,
         )
         return detail
+
+
+async def cluster(db: Database, now: datetime, live_within: timedelta) -> list[dict[str, Any]]:
+    """The daemons that share this database, newest first: live when seen
+    within *live_within* and not stopped, with the claims each holds."""
+    async with db.sessions() as session:
+        daemons = list(await session.scalars(select(DaemonRow).order_by(DaemonRow.seen_at.desc())))
+
+        async def held(model: Any, status: str) -> dict[str, int]:
+            rows = await session.execute(
+                select(model.claimed_by, func.count())
+                .where(model.status == status)
+                .group_by(model.claimed_by)
+            )
+            return {str(owner): int(count) for owner, count in rows}
+
+        inbound = await held(InboundMessage, repo.CLAIMED)
+        due = await held(ScheduledTask, repo.CLAIMED)
+        sending = await held(OutboundMessage, "sending")
+    return [
+        {
+            "id": d.id,
+            "live": d.stopped_at is None and now - d.seen_at <= live_within,
+            "version": d.version,
+            "started_at": d.started_at.isoformat(),
+            "seen_at": d.seen_at.isoformat(),
+            "stopped_at": d.stopped_at.isoformat() if d.stopped_at else None,
+            "mailboxes": list(d.mailboxes or []),
+            "claims": {
+                "inbound": inbound.get(d.id, 0),
+                "due": due.get(d.id, 0),
+                "sending": sending.get(d.id, 0),
+            },
+        }
+        for d in daemons
+    ]

@@ -263,6 +263,26 @@ async def claim_due(
     return await _claim(session, ScheduledTask, owner, now, lease, limit)
 
 
+async def release_expired_due(session: AsyncSession, now: datetime) -> int:
+    """Due tasks whose claim outlived its lease (the daemon holding it died)
+    go back to pending, with the attempt counted."""
+    rows = list(
+        (
+            await session.scalars(
+                select(ScheduledTask)
+                .where(ScheduledTask.status == CLAIMED, ScheduledTask.claimed_until < now)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+    )
+    for task in rows:
+        task.status = PENDING
+        task.attempts += 1
+        task.last_error = f"claim by {task.claimed_by} expired (the daemon stopped?)"
+        task.claimed_by = task.claimed_until = None
+    return len(rows)
+
+
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(
         select(InboundMessage.status, func.count()).group_by(InboundMessage.status)
