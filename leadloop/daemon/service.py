@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import func, select
@@ -454,46 +454,36 @@ class Service:
 
     def _schedule_jobs(self) -> None:
         assert self.scheduler is not None
-        self.scheduler.remove_all_jobs()
+        scheduler = self.scheduler
+        scheduler.remove_all_jobs()
         settings = self.loaded.settings
-        self.scheduler.add_job(
-            self.bell,
-            "interval",
-            seconds=settings.scheduler.tick.total_seconds(),
-            id="bell",
-            max_instances=1,
-            coalesce=True,
-        )
-        if self.pusher is not None:
-            self.scheduler.add_job(
-                self.push_events,
+        tick = settings.scheduler.tick.total_seconds()
+
+        def every(seconds: float, job: Any, job_id: str, *args: Any, instances: int = 1) -> None:
+            scheduler.add_job(
+                job,
                 "interval",
-                seconds=settings.scheduler.tick.total_seconds(),
-                id="events",
-                max_instances=1,
+                args=list(args),
+                seconds=seconds,
+                id=job_id,
+                max_instances=instances,
                 coalesce=True,
             )
+
+        every(tick, self.bell, "bell")
+        if self.pusher is not None:
+            every(tick, self.push_events, "events")
         if settings.service.watch_config:
-            self.scheduler.add_job(
+            every(
+                settings.service.watch_interval.total_seconds(),
                 self.check_config_file,
-                "interval",
-                seconds=settings.service.watch_interval.total_seconds(),
-                id="config-watch",
-                max_instances=1,
-                coalesce=True,
+                "config-watch",
             )
         for watcher in self.watchers.values():
-            self.scheduler.add_job(
-                self.poll,
-                "interval",
-                args=[watcher],
-                seconds=watcher.config.poll_interval.total_seconds(),
-                id=f"poll-{watcher.config.name}",
-                # poll() itself folds overlapping calls into one; a second
-                # instance only marks that another round is wanted.
-                max_instances=2,
-                coalesce=True,
-            )
+            # poll() itself folds overlapping calls into one; a second
+            # instance only marks that another round is wanted.
+            seconds = watcher.config.poll_interval.total_seconds()
+            every(seconds, self.poll, f"poll-{watcher.config.name}", watcher, instances=2)
 
     # -- several daemons -------------------------------------------------------
     async def _may_poll(self, watcher: Watcher) -> bool:
