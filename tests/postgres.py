@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -33,9 +34,60 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class PostgresServer:
+    """A running throwaway cluster that a test may stop and start again
+    (a database restart: a fault a real server does produce)."""
+
+    data: Path
+    log: Path
+    socket_dir: Path
+    port: int
+    prefix: list[str]
+    pg_ctl: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                *self.prefix,
+                self.pg_ctl,
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "start",
+                "-o",
+                f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+
+
 @contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """Yield an asyncpg SQLAlchemy URL base (``postgresql+asyncpg://...``)."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """Start a cluster; yield it; stop and remove it."""
     initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
     if not initdb or not pg_ctl:
         raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -46,45 +98,25 @@ def postgres_cluster() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
     subprocess.run(
         [*prefix, initdb, "-A", "trust", "-U", "postgres", "--no-sync", "-D", str(data)],
         check=True,
         capture_output=True,
     )
-    subprocess.run(
-        [
-            *prefix,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-l",
-            str(base / "log"),
-            "-w",
-            "start",
-            "-o",
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    server = PostgresServer(data, base / "log", base, _free_port(), prefix, pg_ctl)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
+        server.start()
+        yield server
     finally:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
+        server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """Yield an asyncpg SQLAlchemy URL base (``postgresql+asyncpg://...``)."""
+    with postgres_server() as server:
+        yield server.url
 
 
 async def create_database(base_url: str, name: str) -> str:

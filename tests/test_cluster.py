@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,9 +33,10 @@ from cluster_env import (
     seed,
 )
 from imap_servers import ImapServer
-from postgres import create_database
+from postgres import create_database, postgres_server
 from smtp_servers import ScriptedHandler, smtp_server
 from sqlalchemy import func, select
+from test_daemon import CONFIG, deliver
 
 from leadloop.config import load
 from leadloop.storage import queries
@@ -167,3 +172,114 @@ async def test_three_daemons_share_the_work_without_losing_or_doubling_a_mail(
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+async def test_a_lost_database_pauses_the_daemon_which_resumes_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL restarted under a running daemon: the daemon logs the
+    failure, keeps running, and processes the mail that came meanwhile once
+    the database answers again; `leadloop cluster status` shows it."""
+    with postgres_server() as pg:
+        url = await create_database(pg.url, "lost")
+        config = tmp_path / "config.toml"
+        config.write_text(
+            CONFIG.format(poll="0.3s")
+            + f'\n[database]\nurl = "{url}"\n\n[tracking]\nport = 0\n\n[admin]\nport = 0\n'
+        )
+        maildir = tmp_path / "var" / "mail"
+        maildir.parent.mkdir(parents=True)
+        argv = [sys.executable, "-m", "leadloop", "--config", str(config), "run"]
+        proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        log = b""
+
+        async def until(text: bytes, times: int = 1) -> None:
+            nonlocal log
+            while log.count(text) < times:
+                line = await asyncio.wait_for(proc.stderr.readline(), 60)  # type: ignore[union-attr]
+                assert line, log.decode()[-3000:]
+                log += line
+
+        try:
+            deliver(maildir, 1)
+            await until(b"pipeline processed=1 done=1")
+            status = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "leadloop", "--config", str(config), "cluster", "status",
+                 "--json"],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            (daemon,) = [json.loads(line) for line in status.stdout.splitlines()]
+            assert daemon["live"] and daemon["mailboxes"] == ["sales"]
+            assert daemon["id"].endswith(f":{proc.pid}")
+
+            await asyncio.to_thread(pg.stop)
+            deliver(maildir, 2)
+            await until(b"the database failed")
+            await asyncio.sleep(2)
+            assert proc.returncode is None  # still running, waiting for it
+            await asyncio.to_thread(pg.start)
+            await until(b"pipeline processed=1 done=1", times=2)  # the second mail
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            rest, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, (log + rest).decode()[-3000:]
+        db = await open_database(url)
+        try:
+            async with db.sessions() as session:
+                done = await session.scalar(
+                    select(func.count())
+                    .select_from(InboundMessage)
+                    .where(InboundMessage.status == "done")
+                )
+        finally:
+            await db.dispose()
+        assert done == 2
+
+
+async def test_a_live_daemons_claims_are_never_taken_however_slow_the_relay(
+    postgres_base: str, dovecot_imap: ImapServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail waiting in a live sender's queue behind a slow relay outlives its
+    lease; it is still that sender's.  (Taking it over sent it twice.)"""
+    monkeypatch.setenv(PASSWORD_ENV, dovecot_imap.password)
+    monkeypatch.setenv(TOKENS_ENV, TOKEN_KEYS)
+    url = await create_database(postgres_base, "slow")
+
+    class Slow(ScriptedHandler):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            await asyncio.sleep(0.15)
+            return await super().handle_DATA(server, session, envelope)
+
+    handler = Slow()
+    async with smtp_server(handler) as port:
+        config = tmp_path / "config.toml"
+        # The outbox lease is data_timeout + 6 x timeout = 4 s; 60 mails on
+        # one connection at 0.15 s each take 9 s.
+        text = cluster_config(url, dovecot_imap, port, "4s")
+        text = text.replace(
+            'timeout = "2s"\ndata_timeout = "3s"', 'timeout = "0.5s"\ndata_timeout = "1s"'
+        )
+        text = text.replace("connections = 2", "connections = 1")
+        config.write_text(text)
+        ids = await seed(load(config), 0, 60)
+        cluster = Cluster(config, dict(os.environ))
+        try:
+            await cluster.start("a")
+            await cluster.start("b")
+            deadline = time.monotonic() + 120
+            while len(handler.received) < 60:
+                assert time.monotonic() < deadline, f"{len(handler.received)} of 60 sent"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(3)  # anything sent twice would arrive by now
+        finally:
+            codes = await cluster.stop_all()
+    got = Counter(
+        str(email.message_from_bytes(r.data, policy=email.policy.default)["Message-ID"])
+        for r in handler.received
+    )
+    assert [m for m, n in got.items() if n > 1] == []
+    assert set(got) == set(ids)
+    assert set(codes.values()) == {0}

@@ -44,7 +44,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -1274,14 +1274,28 @@ async def settle(
 
 
 async def recover(
-    session: AsyncSession, settings: OutboxSettings, now: datetime, *, all_claims: bool
+    session: AsyncSession,
+    settings: OutboxSettings,
+    now: datetime,
+    *,
+    all_claims: bool,
+    keep: Collection[str] = (),
 ) -> int:
     """Rows left ``sending`` by a process that died: before the dot they are
-    queued again (nothing can have been delivered); after it they are in doubt."""
+    queued again (nothing can have been delivered); after it they are in doubt.
+
+    Claims of the daemons in *keep* (alive, sharing the database) are never
+    taken, whatever their lease says: a mail waiting in a live sender's queue
+    behind a slow relay is still that sender's, and taking it would send it
+    twice."""
     query = select(OutboundMessage).where(OutboundMessage.status == Status.SENDING)
     if not all_claims:
         query = query.where(
             or_(OutboundMessage.claimed_until.is_(None), OutboundMessage.claimed_until < now)
+        )
+    if keep:
+        query = query.where(
+            or_(OutboundMessage.claimed_by.is_(None), OutboundMessage.claimed_by.not_in(keep))
         )
     rows = list((await session.scalars(query.with_for_update(skip_locked=True))).all())
     for row in rows:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -133,12 +133,13 @@ class Pipeline:
         self.on_claim: Callable[[], None] | None = None
         """Called as each message is claimed (the daemon's heartbeat)."""
 
-    async def recover(self, *, all_claims: bool) -> int:
+    async def recover(self, *, all_claims: bool, keep: Collection[str] = ()) -> int:
         """Return rows left claimed by a crash to pending with attempts + 1
-        (quarantining those that reach the limit).  Run at start."""
+        (quarantining those that reach the limit): at start, and (sharing a
+        PostgreSQL database) for daemons that are gone, never those in *keep*."""
         now = self.clock.now()
         async with self.db.transaction() as session:
-            rows = await repo.stale_claims(session, now, all_claims=all_claims)
+            rows = await repo.stale_claims(session, now, all_claims=all_claims, keep=keep)
             for row in rows:
                 error = f"interrupted in stage {row.stage} (claimed by {row.claimed_by})"
                 self._count_failure(session, row, error)

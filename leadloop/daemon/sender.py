@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -152,6 +152,8 @@ class Sender:
         self._committer = _Committer(db, self._write_lock, self._apply)
         self._running = asyncio.Lock()
         self.observe: Callable[[float], None] | None = None
+        self.live_owners: Callable[[], Awaitable[set[str]]] | None = None
+        """The daemons alive on the shared database: their claims are theirs."""
         """Told how long each SMTP transaction took (``/metrics``)."""
 
     async def close(self) -> None:
@@ -160,27 +162,34 @@ class Sender:
         for folder in self.sent_folders.values():
             await folder.close()
 
-    async def recover(self, *, all_claims: bool) -> int:
-        """Settle rows a dead process left ``sending``."""
+    async def recover(self, *, all_claims: bool, keep: Collection[str] = ()) -> int:
+        """Settle rows a dead process left ``sending`` (never those of the
+        live daemons in *keep*)."""
         async with self._write_lock, self.db.sessions() as session:
             count = await outbox.recover(
-                session, self.settings, self.clock.now(), all_claims=all_claims
+                session, self.settings, self.clock.now(), all_claims=all_claims, keep=keep
             )
             await session.commit()
         if count:
             log.warning("recovered %d outbound mails left sending by a stopped sender", count)
         return count
 
-    async def drain(self, *, stop: asyncio.Event | None = None) -> PassResult:
-        """Send everything that is due and allowed now (until *stop* is set).
+    async def drain(
+        self, *, stop: asyncio.Event | None = None, limit: int | None = None
+    ) -> PassResult:
+        """Send everything that is due and allowed now (until *stop* is set,
+        or about *limit* mails are claimed: the caller comes back for more).
 
         A feeder claims batches into a small local queue while one worker per
         SMTP connection sends from it, so claiming overlaps sending.
         """
         total = PassResult()
         async with self._running:
-            # Claims whose lease ran out (a daemon sharing the database died).
-            await self.recover(all_claims=False)
+            # Claims whose lease ran out and whose daemon is gone.  Our own
+            # may be taken here: no other drain of ours runs, so none of ours
+            # is in flight.
+            others = await self.live_owners() if self.live_owners else set()
+            await self.recover(all_claims=False, keep=others - {self.worker})
             await self._settle_in_doubt()
             lanes = len(self._connections)
             work: asyncio.Queue[Ready | None] = asyncio.Queue(
@@ -192,7 +201,7 @@ class Sender:
                 for conn in self._connections
             ]
             try:
-                while not (stop and stop.is_set()):
+                while not (stop and stop.is_set()) and (limit is None or total.claimed < limit):
                     async with self._write_lock, self.db.sessions() as session:
                         ready = await outbox.claim(
                             session, self.settings, worker=self.worker, now=self.clock.now()

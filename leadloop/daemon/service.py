@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,6 +73,8 @@ from leadloop.storage.models import ScheduledTask as TaskModel
 log = logging.getLogger("leadloop.daemon.service")
 
 PID_FILE = "leadloop.pid"
+SEND_ROUND = 200
+"""Mails the stage runner sends before it looks for inbound work again."""
 
 
 class MailboxLoginsRefused(Exception):
@@ -311,6 +313,8 @@ class Service:
             await self._sync_watchers()
             self.sender = build_sender(self.loaded, self.db, self.clock, self.owner, self._alert)
             self.sender.observe = self.metrics.observe_send
+            if not self.db.is_sqlite:
+                self.sender.live_owners = self.live_owners
             await self.sender.recover(all_claims=self.db.is_sqlite)
             self.planner = build_planner(
                 self.loaded, self.db, self.sender.settings, self.pipeline.stages
@@ -388,6 +392,8 @@ class Service:
                 log.error(
                     "the stage runner did not finish within %.0fs; its claim is kept", timeout
                 )
+            except Exception:
+                pass  # it crashed earlier; the task keeper logged it then
         finally:
             await self._close()
         log.info("stopped")
@@ -492,6 +498,8 @@ class Service:
         if await watcher.poller.hold():
             if not watcher.polling:
                 watcher.polling = True
+                with contextlib.suppress(SQLAlchemyError):
+                    await self._register()  # cluster status shows it at once
                 if not self.db or not self.db.is_sqlite:
                     log.info("mailbox=%s polled by this daemon (%s)", name, self.owner)
                     why = f"mailbox {name} polled by {self.owner}"
@@ -545,12 +553,28 @@ class Service:
         several daemons share the database; on SQLite the start does it."""
         if self.db is None or self.db.is_sqlite or self.pipeline is None:
             return 0
-        count = await self.pipeline.recover(all_claims=False)
+        # Only a gone daemon's claims: a live one (this one included) may be
+        # slow, and taking its work would do it twice.
+        live = await self.live_owners()
+        count = await self.pipeline.recover(all_claims=False, keep=live)
         async with self.db.transaction() as session:
-            count += await repo.release_expired_due(session, self.clock.now())
+            count += await repo.release_expired_due(session, self.clock.now(), keep=live)
         if self.sender is not None:
-            count += await self.sender.recover(all_claims=False)
+            count += await self.sender.recover(all_claims=False, keep=live)
         return count
+
+    async def live_owners(self) -> set[str]:
+        """The daemons sharing the database that showed they are alive within
+        three ticks (at least 30 s), and this one."""
+        assert self.db is not None
+        window = max(3 * self.loaded.settings.scheduler.tick, timedelta(seconds=30))
+        async with self.db.sessions() as session:
+            seen = await session.scalars(
+                select(DaemonRow.id).where(
+                    DaemonRow.stopped_at.is_(None), DaemonRow.seen_at >= self.clock.now() - window
+                )
+            )
+            return {*seen, self.owner}
 
     async def claims(self) -> dict[str, int]:
         """What this daemon holds now: messages in work, due tasks, mail being sent."""
@@ -771,6 +795,10 @@ class Service:
             await self._register()
             if reclaimed := await self.reclaim():
                 log.warning("took over %d claims whose lease ran out", reclaimed)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("the database failed (%s); due work waits for the next tick", exc)
+            self.metrics.error("database")
+            return
         except Exception:
             log.exception("the cluster sweep failed; will try at the next tick")
             self.metrics.error("database")
@@ -993,15 +1021,15 @@ class Service:
             self.wake.clear()
             try:
                 stats = await self.pipeline.run_pending(self.stop_event)
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, OSError) as exc:  # a refused connect is an OSError
                 # A lost database: pause, retry with backoff.  Claims stay
                 # correct: what was claimed is retaken after its lease.
                 failures += 1
                 pause = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
                 log.error("the database failed (%s); stages pause %.0fs", exc, pause)
                 self.metrics.error("database")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), pause)
+                with contextlib.suppress(TimeoutError):  # new mail or a stop ends the pause
+                    await asyncio.wait_for(self.wake.wait(), pause)
                 continue
             failures = 0
             if stats.processed:
@@ -1012,24 +1040,29 @@ class Service:
                     stats.retried,
                     stats.quarantined,
                 )
-            if not self.stop_event.is_set():
-                await self.send_due()
+            # A bounded share of the outbox per round, so a reply that came in
+            # meanwhile is not kept waiting behind thousands of due touches.
+            if not self.stop_event.is_set() and await self.send_due(limit=SEND_ROUND):
+                self.wake.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), tick)
 
-    async def send_due(self) -> None:
-        """Drain the outbox; a failure is logged and retried at the next tick."""
+    async def send_due(self, limit: int | None = None) -> bool:
+        """Drain the outbox (about *limit* mails at most); a failure is logged
+        and retried at the next tick.  True when the limit cut it short."""
         if self.sender is None:
-            return
+            return False
         try:
-            result = await self.sender.drain(stop=self.stop_event)
+            result = await self.sender.drain(stop=self.stop_event, limit=limit)
         except Exception:
             log.exception("sending failed; will try at the next tick")
-            return
+            self.metrics.error("send")
+            return False
         if result.claimed:
             log.info(
                 "outbox claimed=%d sent=%d other=%d", result.claimed, result.sent, result.other
             )
+        return limit is not None and result.claimed >= limit
 
     # -- reload -----------------------------------------------------------
     def _request_reload(self) -> None:
@@ -1062,6 +1095,8 @@ class Service:
             old = self.sender
             self.sender = build_sender(loaded, self.db, self.clock, self.owner, self._alert)
             self.sender.observe = self.metrics.observe_send
+            if not self.db.is_sqlite:
+                self.sender.live_owners = self.live_owners
             stages = self.pipeline.stages if self.pipeline else ()
             self.planner = build_planner(loaded, self.db, self.sender.settings, stages)
             await old.close()

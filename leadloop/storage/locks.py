@@ -35,6 +35,7 @@ class MailboxLock:
         self.name = name
         self.key = lock_key(name)
         self._conn: AsyncConnection | None = None
+        self._failing = False
 
     @property
     def held(self) -> bool:
@@ -56,7 +57,7 @@ class MailboxLock:
         try:
             conn = await self.db.engine.connect()
         except Exception as exc:
-            log.warning("mailbox=%s cannot take its poll lock: %s", self.name, exc)
+            self._failed(exc)
             return False
         try:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -64,14 +65,21 @@ class MailboxLock:
                 await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
             ).scalar()
         except Exception as exc:
-            log.warning("mailbox=%s cannot take its poll lock: %s", self.name, exc)
+            self._failed(exc)
             await conn.close()
             return False
+        self._failing = False
         if not got:
             await conn.close()
             return False
         self._conn = conn
         return True
+
+    def _failed(self, exc: Exception) -> None:
+        """Logged once per outage, not at every poll."""
+        if not self._failing:
+            log.warning("mailbox=%s cannot take its poll lock: %s", self.name, exc)
+        self._failing = True
 
     async def release(self) -> None:
         if self._conn is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -207,14 +207,19 @@ async def claim_inbound(
 
 
 async def stale_claims(
-    session: AsyncSession, now: datetime, *, all_claims: bool
+    session: AsyncSession, now: datetime, *, all_claims: bool, keep: Collection[str] = ()
 ) -> list[InboundMessage]:
     """Rows left claimed by a process that died (all of them, when this is the
-    only process that can hold claims, as on SQLite)."""
+    only process that can hold claims, as on SQLite); never those of the live
+    daemons in *keep*."""
     query = select(InboundMessage).where(InboundMessage.status == CLAIMED)
     if not all_claims:
         query = query.where(
             or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < now)
+        )
+    if keep:
+        query = query.where(
+            or_(InboundMessage.claimed_by.is_(None), InboundMessage.claimed_by.not_in(keep))
         )
     return list((await session.scalars(query.with_for_update(skip_locked=True))).all())
 
@@ -263,18 +268,17 @@ async def claim_due(
     return await _claim(session, ScheduledTask, owner, now, lease, limit)
 
 
-async def release_expired_due(session: AsyncSession, now: datetime) -> int:
-    """Due tasks whose claim outlived its lease (the daemon holding it died)
-    go back to pending, with the attempt counted."""
-    rows = list(
-        (
-            await session.scalars(
-                select(ScheduledTask)
-                .where(ScheduledTask.status == CLAIMED, ScheduledTask.claimed_until < now)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+async def release_expired_due(
+    session: AsyncSession, now: datetime, keep: Collection[str] = ()
+) -> int:
+    """Due tasks whose claim outlived its lease and whose daemon is gone (not
+    in *keep*) go back to pending, with the attempt counted."""
+    query = select(ScheduledTask).where(
+        ScheduledTask.status == CLAIMED, ScheduledTask.claimed_until < now
     )
+    if keep:
+        query = query.where(ScheduledTask.claimed_by.not_in(keep))
+    rows = list((await session.scalars(query.with_for_update(skip_locked=True))).all())
     for task in rows:
         task.status = PENDING
         task.attempts += 1
