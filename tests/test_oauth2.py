@@ -30,10 +30,9 @@ from oauth2_server import OAuth2Server, oauth2_server
 from outbox_env import write_config
 from smtp_servers import XOAuth2Handler, smtp_server
 from sqlalchemy import select
+from test_outbox_auth import queue_and_drain
 
-from leadloop.agent import outbox
 from leadloop.agent.alerts import raise_alert
-from leadloop.agent.lifecycle import create_lead
 from leadloop.auth import oauth2 as oauth2_module
 from leadloop.auth.oauth2 import (
     ClientCredentials,
@@ -46,11 +45,10 @@ from leadloop.auth.oauth2 import (
 from leadloop.channels.imap import ImapInbox, ImapSettings
 from leadloop.clock import ManualClock
 from leadloop.config import ConfigError, LoadedConfig, load
-from leadloop.daemon.service import build_inbox, build_sender
+from leadloop.daemon.service import build_inbox
 from leadloop.mail.smtpreply import SmtpFailure
-from leadloop.storage import repo
 from leadloop.storage.db import Database
-from leadloop.storage.models import Event, Lead, OutboundMessage
+from leadloop.storage.models import Event
 
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 GMAIL_SCOPE = "https://mail.google.com/"
@@ -621,38 +619,6 @@ ca_file = "{ca_file}"
 
 # AUTH without TLS is fine on loopback; aiosmtpd warns about it anyway.
 SMTP_AUTH_WARNING = "ignore:Requiring AUTH while not requiring TLS"
-
-
-async def queue_and_drain(
-    loaded: LoadedConfig, db: Database, clock: ManualClock
-) -> OutboundMessage:
-    """One touch through the real outbox and the daemon's sender (its relay
-    secret from secret_source)."""
-    sender = build_sender(loaded, db, clock, "t")
-    try:
-        async with db.transaction() as session:
-            await repo.ensure_mailbox(session, "sales", "maildir", "sales@acme.example")
-            lead = await create_lead(
-                session, Lead(email="dana@buyer.test"), actor="t", reason="t", now=clock.now()
-            )
-            row = await outbox.queue(
-                session,
-                sender.settings,
-                kind="touch",
-                to=[lead.email],
-                subject="Hi",
-                text="Hello",
-                now=clock.now(),
-                idempotency_key="k",
-                lead=lead,
-            )
-        await sender.drain()
-        async with db.sessions() as session:
-            fresh = await session.get(OutboundMessage, row.id)
-            assert fresh is not None
-            return fresh
-    finally:
-        await sender.close()
 
 
 @pytest.mark.filterwarnings(SMTP_AUTH_WARNING)

@@ -15,9 +15,10 @@ from smtp_servers import ScriptedHandler, smtp_server
 from leadloop.agent import outbox
 from leadloop.agent.lifecycle import create_lead
 from leadloop.clock import ManualClock
+from leadloop.config import LoadedConfig
 from leadloop.daemon.service import build_sender
 from leadloop.storage import repo
-from leadloop.storage.db import open_database
+from leadloop.storage.db import Database, open_database
 from leadloop.storage.models import Lead, OutboundMessage
 
 
@@ -42,6 +43,19 @@ class OAuthHandler(ScriptedHandler):
 async def send_one(tmp_path: Path, clock: ManualClock, port: int, smtp_extra: str) -> str:
     loaded = write_config(tmp_path, port, smtp_extra=smtp_extra)
     db = await open_database(loaded.database_url)
+    try:
+        sent = await queue_and_drain(loaded, db, clock)
+        return f"{sent.status} {sent.smtp_reply}"
+    finally:
+        await db.dispose()
+
+
+async def queue_and_drain(
+    loaded: LoadedConfig, db: Database, clock: ManualClock
+) -> OutboundMessage:
+    """One touch through the real outbox and the daemon's sender (its relay
+    secret from the configuration: a password, a token, or an OAuth2
+    provider's token)."""
     sender = build_sender(loaded, db, clock, "t")
     try:
         async with db.transaction() as session:
@@ -64,10 +78,9 @@ async def send_one(tmp_path: Path, clock: ManualClock, port: int, smtp_extra: st
         async with db.sessions() as session:
             fresh = await session.get(OutboundMessage, row.id)
             assert fresh is not None
-            return f"{fresh.status} {fresh.smtp_reply}"
+            return fresh
     finally:
         await sender.close()
-        await db.dispose()
 
 
 # AUTH without TLS is fine on loopback; aiosmtpd warns about it anyway.
