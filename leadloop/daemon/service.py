@@ -63,7 +63,7 @@ from leadloop.report.events import EventPusher
 from leadloop.report.weekly import send_weekly_summary
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
-from leadloop.storage.locks import MailboxLock
+from leadloop.storage.locks import AdvisoryLock
 from leadloop.storage.models import DaemonRow
 from leadloop.storage.models import InboundMessage as InboundModel
 from leadloop.storage.models import Mailbox as MailboxRow
@@ -176,7 +176,7 @@ class Watcher:
     config: MailboxConfig
     inbox: Inbox
     mailbox_id: int
-    poller: MailboxLock
+    poller: AdvisoryLock
     """This daemon polls the mailbox only while it holds this lock (one
     poller per mailbox across daemons sharing a PostgreSQL database)."""
     polling: bool = False
@@ -283,6 +283,7 @@ class Service:
         self.beats = Heartbeats()
         self.logins_refused = False
         self.pusher = _event_pusher(loaded)
+        self.planner_lock: AdvisoryLock | None = None
         self.web: Web | None = None
         self._config_seen = _fingerprint(loaded.file)
 
@@ -347,7 +348,9 @@ class Service:
             async with self.db.transaction() as session:
                 row = await repo.ensure_mailbox(session, box.name, box.kind, box.address)
             inbox = build_inbox(box, self.loaded, self._alert)
-            self.watchers[name] = Watcher(box, inbox, row.id, MailboxLock(self.db, box.name))
+            self.watchers[name] = Watcher(
+                box, inbox, row.id, AdvisoryLock(self.db, f"mailbox:{box.name}")
+            )
             silence = self.loaded.settings.service.watchdog_silence.total_seconds()
             self.beats.expect(
                 f"mailbox {name}", max(silence, 3 * box.poll_interval.total_seconds())
@@ -441,6 +444,9 @@ class Service:
                 await watcher.inbox.close()
             with contextlib.suppress(Exception):
                 await watcher.poller.release()
+        if self.planner_lock is not None:
+            with contextlib.suppress(Exception):
+                await self.planner_lock.release()
         if self.db is not None:
             with contextlib.suppress(Exception):
                 await self._register(stopped=True)
@@ -863,8 +869,14 @@ class Service:
             self.metrics.error("events")
 
     async def plan_touches(self) -> None:
-        """The cadence tick; a failure is logged and tried again next tick."""
-        if self.planner is None:
+        """The cadence tick; a failure is logged and tried again next tick.
+        Daemons sharing a PostgreSQL database plan one at a time: the one
+        holding the planner lock (another takes it over when it dies)."""
+        if self.planner is None or self.db is None:
+            return
+        if self.planner_lock is None:
+            self.planner_lock = AdvisoryLock(self.db, "planner")
+        if not await self.planner_lock.hold():
             return
         try:
             result = await self.planner.tick(self.clock.now())

@@ -1,6 +1,7 @@
-"""One poller per mailbox across the daemons that share a PostgreSQL database.
+"""One poller per mailbox, and one cadence planner, across the daemons that
+share a PostgreSQL database.
 
-Each mailbox has a session-level advisory lock (``pg_try_advisory_lock``),
+Each mailbox (and the planner) has a session-level advisory lock (``pg_try_advisory_lock``),
 held on a connection of its own for as long as this daemon polls it.  When
 the holder dies its connection closes, PostgreSQL releases the lock, and the
 next daemon to try (at its next poll, seconds later) takes the mailbox over.
@@ -25,11 +26,15 @@ log = logging.getLogger("leadloop.storage.locks")
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for *name* (advisory locks take bigint)."""
-    digest = hashlib.sha256(f"leadloop.mailbox:{name}".encode()).digest()
+    digest = hashlib.sha256(f"leadloop.{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class MailboxLock:
+class AdvisoryLock:
+    """A lock this daemon holds for as long as it does a job no other daemon
+    may do at the same time (``mailbox:<name>``: polling it; ``planner``:
+    the cadence tick)."""
+
     def __init__(self, db: Database, name: str) -> None:
         self.db = db
         self.name = name
@@ -52,7 +57,7 @@ class MailboxLock:
                 await self._conn.execute(text("SELECT 1"))
                 return True
             except Exception as exc:
-                log.warning("mailbox=%s lost its poll lock: %s", self.name, exc)
+                log.warning("lock=%s lost: %s", self.name, exc)
                 await self._drop()
         try:
             conn = await self.db.engine.connect()
@@ -78,7 +83,7 @@ class MailboxLock:
     def _failed(self, exc: Exception) -> None:
         """Logged once per outage, not at every poll."""
         if not self._failing:
-            log.warning("mailbox=%s cannot take its poll lock: %s", self.name, exc)
+            log.warning("lock=%s cannot be taken: %s", self.name, exc)
         self._failing = True
 
     async def release(self) -> None:
@@ -87,7 +92,7 @@ class MailboxLock:
         try:
             await self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
         except Exception:
-            log.debug("mailbox=%s: unlock failed; closing the connection frees it", self.name)
+            log.debug("lock=%s: unlock failed; closing the connection frees it", self.name)
         await self._drop()
 
     async def _drop(self) -> None:
