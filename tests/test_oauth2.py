@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import re
 import stat
@@ -407,7 +408,11 @@ async def test_refresh_token_from_config_and_credential(
         ca_file = "{oauth2.ca_file}"
         """
     )
-    token = await secret_source(loaded, "smtp")()
+    # Providers are kept weakly (the daemon's channels hold theirs): hold
+    # this one, as a channel would, for the sharing checked below.
+    source = secret_source(loaded, "smtp")
+    token = await source()
+    gc.collect()  # anything not held would go now
     assert token is not None and oauth2.subject_of(token) == "ann@acme.example"
     kept = list((loaded.state_dir / "oauth2").iterdir())
     assert [path.suffix for path in kept] == [".refresh"]
