@@ -659,6 +659,9 @@ class CadenceConfig(_Section):
     """After the last touch with no human reply, the lead is `lost`."""
     on_click: Literal["nothing", "pause", "stop"] = "nothing"
     """What a tracked click on a link in a touch does to this cadence."""
+    mode: Literal["engage", "research"] | None = None
+    """``research``: the agent drafts for the lead's seller and never mails
+    the lead; default: ``[research] mode``."""
 
     @field_validator("name")
     @classmethod
@@ -945,6 +948,92 @@ class HandoffConfig(_Section):
         return [a.lower() for a in value]
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _check_zone(value: str | None) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+class ResearchConfig(_Section):
+    """Research mode (seed 003): the agent researches, prioritizes and drafts;
+    sellers decide and send."""
+
+    mode: Literal["engage", "research"] = "engage"
+    """For every lead whose cadence does not say otherwise.  ``engage``: the
+    agent mails leads itself; ``research``: it never does, and each mail it
+    would have sent becomes a draft for the lead's seller."""
+    interval: Duration = timedelta(hours=4)
+    """How often the research and prioritization job runs."""
+    refresh: Duration = timedelta(days=1)
+    """Research older than this is gathered again."""
+    outside: bool = False
+    """Look the lead's company up outside (its website).  Only the company
+    domain ever leaves the machine, never a person's data."""
+    fetch_timeout: Duration = timedelta(seconds=10)
+    max_page_size: Size = 1_000_000
+    user_agent: str = "leadloop-research/1.0"
+    allow_private_addresses: bool = False
+    """Fetch from loopback and private networks too (tests, intranets);
+    off, a domain resolving there is skipped."""
+
+
+class DigestConfig(_Section):
+    """The daily mail to each seller: their open leads in priority order."""
+
+    enabled: bool = True
+    time: str = Field(default="08:00", pattern=r"^(?:[01]\d|2[0-3]):[0-5]\d$")
+    """Local time in the seller's time zone."""
+    days: list[Weekday] = Field(
+        default_factory=lambda: list[Weekday](["mon", "tue", "wed", "thu", "fri"])
+    )
+    limit: int = Field(default=25, ge=1, le=500)
+    """Leads listed per digest (the rest are counted)."""
+
+
+class SellerConfig(_Section):
+    """A seller the agent works for (``[[sellers]]``)."""
+
+    address: str
+    name: str = ""
+    timezone: str | None = None
+    """For the digest; default: ``[sending] default_timezone``."""
+    mailbox: str | None = None
+    """A configured IMAP mailbox that is this seller's own: research drafts
+    are placed in its Drafts folder instead of being mailed."""
+    drafts_folder: str = "Drafts"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value.lower()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _check_zone(value)
+
+
+class PrivacyConfig(SecretSource):
+    """Erasure and retention.  The secret is the kept key that erased
+    addresses are suppressed by (an HMAC of the address, not the address);
+    default: generated once into ``privacy.key`` in the state directory.
+    Several daemons on one database must share it."""
+
+    raw_mail_days: int = Field(default=0, ge=0, le=36500)
+    """Delete the raw bytes and bodies of mail older than this many days,
+    keeping the decisions, events and metrics; 0 keeps mail for ever."""
+
+
 class AlertsConfig(_Section):
     """System problems (a paused sender, mail held in doubt, a mailbox that
     cannot log in, the brain's budget spent) by mail to the operators."""
@@ -1053,6 +1142,10 @@ class Config(_Section):
     conversions: ConversionsConfig = Field(default_factory=ConversionsConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    research: ResearchConfig = Field(default_factory=ResearchConfig)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
+    sellers: list[SellerConfig] = Field(default_factory=list)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @field_validator("mailboxes")
     @classmethod
@@ -1074,7 +1167,22 @@ class Config(_Section):
                     f"{plan.name}: mailbox {plan.mailbox!r} is not configured "
                     f"(mailboxes: {', '.join(sorted(names)) or 'none'})"
                 )
+        seen: set[str] = set()
+        for seller in self.sellers:
+            if seller.address in seen:
+                raise ValueError(f"seller {seller.address} is listed twice")
+            seen.add(seller.address)
+            if seller.mailbox is not None and seller.mailbox not in names:
+                raise ValueError(
+                    f"seller {seller.address}: mailbox {seller.mailbox!r} is not configured "
+                    f"(mailboxes: {', '.join(sorted(names)) or 'none'})"
+                )
         return self
+
+    def seller(self, address: str | None) -> SellerConfig | None:
+        """The ``[[sellers]]`` entry for *address*, if there is one."""
+        wanted = (address or "").lower()
+        return next((s for s in self.sellers if s.address == wanted), None)
 
 
 @dataclass(frozen=True)

@@ -883,7 +883,7 @@ async def _suppressed(session: AsyncSession, addresses: set[str]) -> set[str]:
     found = await session.scalars(
         select(Suppression.address).where(Suppression.address.in_(addresses))
     )
-    return set(found)
+    return {a for a in found if a}
 
 
 async def _lead_counts(

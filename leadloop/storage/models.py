@@ -419,13 +419,68 @@ class DaemonRow(Base):
 
 
 class Suppression(Base):
+    """An address no mail may go to.  An erased person's entry keeps only
+    ``address_hmac`` (keyed with the kept ``[privacy]`` key), never the address."""
+
     __tablename__ = "suppressions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    address: Mapped[str] = mapped_column(String(320), unique=True)
+    address: Mapped[str | None] = mapped_column(String(320), unique=True)
+    address_hmac: Mapped[str | None] = mapped_column(String(64), unique=True)
     reason: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime]
+
+
+class Control(Base):
+    """An operator's switch (``leadloop pause`` with no target: ``send_paused``)."""
+
+    __tablename__ = "controls"
+
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class ResearchResult(Base):
+    """What one research provider found about one subject (``lead:<id>`` or
+    ``domain:<name>``), with its date; refreshed on ``[research] refresh``."""
+
+    __tablename__ = "research"
+    __table_args__ = (UniqueConstraint("provider", "subject", name="uq_research_provider_subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(300))
+    lead_id: Mapped[int | None] = mapped_column(
+        ForeignKey("leads.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(20))
+    """ok, empty, skipped or error."""
+    summary: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    fetched_at: Mapped[datetime]
+
+
+class Task(Base):
+    """Something a lead asked to be done (seed 003's "create task")."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    inbound_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_messages.id", ondelete="SET NULL"), unique=True
+    )
+    owner: Mapped[str | None] = mapped_column(String(320))
+    title: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    created_at: Mapped[datetime]
+    done_at: Mapped[datetime | None]
 
 
 class ScheduledTask(Base):
