@@ -169,10 +169,10 @@ async def send(
 
 @pytest.fixture
 async def world(
-    sqlite_db: Database, make_config: Callable[[str], LoadedConfig], tmp_path: Path
+    db: Database, make_config: Callable[[str], LoadedConfig], tmp_path: Path
 ) -> tuple[Database, LoadedConfig, dict[str, Lead]]:
-    """Leads imported from CSV; mail between them and our people."""
-    db = sqlite_db
+    """Leads imported from CSV; mail between them and our people (on SQLite
+    and on PostgreSQL: the facts lean on JSON columns read as text)."""
     loaded = make_config(CONFIG.format(outside="false"))
     leads = await load(db, tmp_path)
     async with db.transaction() as session:
