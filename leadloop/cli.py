@@ -211,10 +211,14 @@ def cmd_leads_list(args: argparse.Namespace) -> int:
     from leadloop.storage import queries
 
     loaded = _load(args)
+    if args.prioritized:
+        return _leads_prioritized(args, loaded)
 
     async def main() -> int:
         async with _database(loaded) as db:
             leads = await queries.list_leads(db, state=args.state)
+        if args.owner:
+            leads = [lead for lead in leads if (lead["owner"] or "") == args.owner.lower()]
         if args.json:
             for lead in leads:
                 print(json.dumps(lead))
@@ -227,6 +231,33 @@ def cmd_leads_list(args: argparse.Namespace) -> int:
                 ("EMAIL", "NAME", "COMPANY", "STATE", "OWNER"),
                 sys.stdout,
             )
+        return EXIT_OK
+
+    return _run_async(main())
+
+
+def _leads_prioritized(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Open leads in priority order (``research/priority.py``), with the
+    reason and the suggested action."""
+    from leadloop.research.priority import prioritize
+
+    async def main() -> int:
+        async with _database(loaded) as db, db.sessions() as session:
+            ranked = await prioritize(session, loaded, datetime.now(UTC), owner=args.owner)
+        if args.state:
+            ranked = [r for r in ranked if r.state == args.state]
+        if args.json:
+            for r in ranked:
+                print(json.dumps(r.as_dict()))
+            return EXIT_OK
+        _table(
+            [
+                (r.rank, r.email, r.name, r.state, r.owner, r.suggestion.action, r.reason)
+                for r in ranked
+            ],
+            ("RANK", "EMAIL", "NAME", "STATE", "OWNER", "ACTION", "REASON"),
+            sys.stdout,
+        )
         return EXIT_OK
 
     return _run_async(main())
@@ -765,6 +796,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_leads_list, "list leads", into=leads)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--state", help="only leads in this state")
+    p.add_argument(
+        "--prioritized",
+        action="store_true",
+        help="open leads in priority order with RANK, ACTION and REASON",
+    )
+    p.add_argument("--owner", metavar="ADDRESS", help="only this seller's leads")
     p = add("show", cmd_leads_show, "a lead's fields, state history and events", into=leads)
     p.add_argument("email")
     p.add_argument("--json", action="store_true")
