@@ -493,7 +493,8 @@ async def test_overview_from_home_and_about_page(site: Site) -> None:
 
 
 async def test_same_site_redirect_followed_and_off_site_refused(site: Site) -> None:
-    """A redirect to www. of the same site is followed; one to another site is not."""
+    """A redirect to www. of the same site is followed (unless that host's
+    robots.txt forbids the target); one to another site is not."""
 
     async def to_www(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"http://www.buyer.example:{site.port}/home")
@@ -505,6 +506,17 @@ async def test_same_site_redirect_followed_and_off_site_refused(site: Site) -> N
     followed = await provider(site).research("buyer.example")
     assert followed.status == "ok"
     assert followed.data["url"] == f"http://www.buyer.example:{site.port}/home"
+
+    async def www_forbids_home(request: web.Request) -> web.StreamResponse:
+        rules = "Disallow: /home" if request.host.startswith("www.") else ""
+        return web.Response(text=f"User-agent: *\n{rules}\n", content_type="text/plain")
+
+    site.pages["/robots.txt"] = www_forbids_home
+    site.requests.clear()
+    forbidden = await provider(site).research("buyer.example")
+    assert forbidden.status == "skipped"
+    assert site.paths == ["/robots.txt", "/", "/robots.txt"]  # /home never asked for
+
     site.pages = {"/": away}
     refused = await provider(site).research("buyer.example")
     assert refused.status == "skipped"

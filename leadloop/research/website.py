@@ -319,6 +319,12 @@ class WebsiteProvider:
                         visit.pages.append(
                             {"url": str(url), "status": response.status, "redirect": str(target)}
                         )
+                        response.release()
+                        if html and target.origin() != url.origin():
+                            # Another host of the site (www.): its own robots.txt decides.
+                            robots = await self._robots_for(http, visit, target)
+                            if not robots.allows(target, self.config.user_agent):
+                                raise FetchFailed(f"robots.txt disallows {target}", "skipped")
                         url = target
                         continue
                     content_type = response.content_type
