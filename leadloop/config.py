@@ -303,16 +303,18 @@ def _https_url(key: str, value: str) -> None:
 
 
 class MailboxConfig(SecretSource):
-    """One watched mailbox: a local Maildir, or a folder on an IMAP server."""
+    """One watched mailbox: a local Maildir, a folder on an IMAP server, or
+    an Exchange mailbox over EWS (which also sends its mail)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["maildir", "imap"] = "maildir"
+    kind: Literal["maildir", "imap", "exchange"] = "maildir"
     address: str
     display_name: str = ""
     poll_interval: Duration = timedelta(seconds=10)
     fetch_batch: int = Field(default=200, ge=1, le=10_000)
     # "seen" marks read (Maildir: moves to cur/ with S), "keyword" adds
-    # `keyword` (IMAP), "move" files into `move_to`, "keep" changes nothing.
+    # `keyword` (IMAP), "move" files into `move_to`, "keep" changes nothing
+    # (Exchange: the sync state alone says what is new).
     acknowledge: Literal["seen", "keyword", "move", "keep"] = "seen"
     keyword: str = Field(default="$LeadloopStored", pattern=r"^[^\s()\[\]{}%*\"\\]+$")
     move_to: str = "Processed"
@@ -323,9 +325,20 @@ class MailboxConfig(SecretSource):
     port: int | None = Field(default=None, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
     username: str | None = None
-    auth: Literal["login", "xoauth2"] = "login"
+    auth: Literal["login", "xoauth2", "ntlm", "basic", "oauth2"] = "login"
+    """imap: ``login`` or ``xoauth2``; exchange: ``ntlm`` (the default),
+    ``basic`` (on-premises) or ``oauth2`` (Exchange Online)."""
     oauth2: OAuth2Config | None = None
-    """With ``auth = "xoauth2"``: a token provider instead of a static token."""
+    """With ``auth = "xoauth2"`` (imap) or ``"oauth2"`` (exchange): a token
+    provider instead of a static token."""
+    # exchange
+    url: str | None = None
+    """The EWS endpoint, ``https://mail.example.com/EWS/Exchange.asmx``."""
+    server: str | None = None
+    """Or just the server's host name: ``https://<server>/EWS/Exchange.asmx``."""
+    access: Literal["delegate", "impersonation"] = "delegate"
+    """``delegate``: username has rights on the mailbox at ``address``;
+    ``impersonation``: a service account acting as it (ApplicationImpersonation)."""
     folder: str = "INBOX"
     idle: bool = True
     timeout: Duration = timedelta(seconds=30)
@@ -346,9 +359,27 @@ class MailboxConfig(SecretSource):
             raise ValueError(f"not an email address: {value!r}")
         return value.strip().lower()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _exchange_defaults(cls, data: Any) -> Any:
+        # Exchange authenticates with NTLM unless told otherwise, and files
+        # the copy of what it sends itself (SendAndSaveCopy).
+        if isinstance(data, dict) and data.get("kind") == "exchange":
+            data = {"auth": "ntlm", "sent_copy": "server", **data}
+        return data
+
     @model_validator(mode="after")
     def _fits_kind(self) -> MailboxConfig:
         imap_only = ("host", "port", "username", "ca_file")
+        if self.kind == "exchange":
+            return self._fits_exchange()
+        exchange_only = [key for key in ("url", "server", "access") if key in self.model_fields_set]
+        if exchange_only:
+            raise ValueError(f"{', '.join(exchange_only)}: for exchange mailboxes only")
+        if self.auth in ("ntlm", "basic", "oauth2"):
+            raise ValueError(
+                f'auth = "{self.auth}" is for exchange mailboxes; imap takes "login" or "xoauth2"'
+            )
         if self.kind == "maildir":
             given = [key for key in imap_only if getattr(self, key) is not None]
             if given or self.has_secret:
@@ -385,6 +416,76 @@ class MailboxConfig(SecretSource):
                 "overflow aioimaplib's parser)"
             )
         return self
+
+    def _fits_exchange(self) -> MailboxConfig:
+        given = [key for key in ("host", "port", "path", "ca_file") if getattr(self, key)]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not for exchange mailboxes (exchange takes url or server)"
+            )
+        if not self.tls_verify:
+            raise ValueError(
+                "tls_verify = false is not supported for exchange: trust the server's CA "
+                "system-wide or through REQUESTS_CA_BUNDLE"
+            )
+        if (self.url is None) == (self.server is None):
+            raise ValueError(
+                "an exchange mailbox needs url (its EWS endpoint) or server (its host name), "
+                "one of the two"
+            )
+        if self.url is not None:
+            _ews_url(self.url)
+        elif self.server is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", self.server):
+            raise ValueError(
+                f"server must be a host name, e.g. mail.example.com (got {self.server!r})"
+            )
+        if self.auth not in ("ntlm", "basic", "oauth2"):
+            raise ValueError(
+                f'auth = "{self.auth}" is for imap mailboxes; exchange takes "ntlm", "basic" '
+                'or "oauth2"'
+            )
+        if self.auth != "oauth2" and not self.username:
+            raise ValueError(
+                f'an exchange mailbox with auth = "{self.auth}" needs username '
+                "(DOMAIN\\user or user@domain)"
+            )
+        if self.oauth2 is not None and self.auth != "oauth2":
+            raise ValueError('an oauth2 table needs auth = "oauth2" for exchange')
+        if self.oauth2 is not None and self.has_secret:
+            raise ValueError(
+                "give either a static token (password_env, password_file or password_credential) "
+                "or an oauth2 table, not both"
+            )
+        if not self.has_secret and self.oauth2 is None:
+            raise ValueError(
+                "an exchange mailbox needs password_env, password_file or password_credential"
+                + (" (holding the token) or an oauth2 table" if self.auth == "oauth2" else "")
+            )
+        if self.acknowledge == "keyword":
+            raise ValueError(
+                'acknowledge = "keyword" is for imap mailboxes; exchange marks read ("seen"), '
+                'moves ("move") or leaves mail as it is ("keep")'
+            )
+        if self.sent_copy == "client":
+            raise ValueError(
+                'sent_copy = "client" is not for exchange: Exchange files the sent copy itself '
+                '(SendAndSaveCopy); use "server" (the default) or "none"'
+            )
+        if self.fetch_batch > 512:
+            raise ValueError(
+                "fetch_batch above 512 is refused for exchange (SyncFolderItems returns at "
+                "most 512 changes per call)"
+            )
+        return self
+
+    @property
+    def ews_url(self) -> str | None:
+        """The EWS endpoint of an exchange mailbox."""
+        if self.url is not None:
+            return self.url
+        if self.server is not None:
+            return f"https://{self.server}/EWS/Exchange.asmx"
+        return None
 
     @property
     def maildir_path(self) -> Path:
@@ -433,6 +534,21 @@ class SmtpConfig(SecretSource):
                 "(allowed on loopback only)"
             )
         return self
+
+
+def _ews_url(value: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"url must be an https:// URL of the EWS endpoint (got {value!r})")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(
+            f"url {value!r} sends the credentials in clear text; https:// is required "
+            "(http:// is allowed on loopback only)"
+        )
+    if parts.username or parts.password:
+        raise ValueError("url must not carry credentials; use username and password_*")
 
 
 def _oauth2_fits(auth: str, oauth2: OAuth2Config | None, has_secret: bool) -> None:
