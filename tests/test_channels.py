@@ -1,5 +1,5 @@
 """The Inbox contract: every channel passes the same tests, on real servers (Exchange
-joins the `channel` fixture's params when it lands)."""
+on the local EWS server of tests/ews_server.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from ews_server import EwsServer
 from imap_servers import ImapServer, pymap_server
 
 from leadloop.channels.base import Inbox
+from leadloop.channels.exchange import ExchangeInbox, ExchangeSettings
 from leadloop.channels.imap import ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
 
@@ -56,7 +58,7 @@ def imap_inbox(server: ImapServer, **overrides: object) -> ImapInbox:
     return ImapInbox("sales", settings, secret)
 
 
-@pytest.fixture(params=["maildir", "imap-pymap", "imap-dovecot"])
+@pytest.fixture(params=["maildir", "imap-pymap", "imap-dovecot", "exchange"])
 async def channel(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ChannelUnderTest]:
@@ -74,6 +76,27 @@ async def channel(
 
         yield ChannelUnderTest(inbox, deliver, seen)
         await inbox.close()
+    elif request.param == "exchange":
+        with EwsServer().running() as server:
+            address = "sales@acme.example"
+            settings = ExchangeSettings(
+                url=server.url, address=address, username="sales", auth="basic", timeout=5.0
+            )
+
+            async def secret() -> str:
+                return server.users["sales"]
+
+            exchange = ExchangeInbox("sales", settings, secret)
+            await exchange.open()
+
+            async def deliver_ews(raw: bytes) -> None:
+                server.deliver(address, raw)
+
+            async def seen_ews() -> int:
+                return sum(1 for item in server.folder_items(address, "inbox") if item.is_read)
+
+            yield ChannelUnderTest(exchange, deliver_ews, seen_ews)
+            await exchange.close()
     elif request.param == "imap-pymap":
         # pymap runs on this test's event loop, so it starts here rather than
         # through its (async) fixture.

@@ -18,7 +18,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,7 @@ from leadloop.agent.outbox import OutboxSettings, Ready, Status
 from leadloop.channels.base import ChannelError
 from leadloop.channels.smtp import Delivery, SmtpConnection, SmtpFailure, SmtpSettings
 from leadloop.clock import Clock
+from leadloop.storage import repo
 from leadloop.storage.db import Database
 from leadloop.storage.models import Lead, OutboundMessage
 
@@ -40,6 +42,27 @@ class SentFolder(Protocol):
     async def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> str: ...
 
     async def search_header(self, folder: str, header: str, value: str) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends one claimed mail: the SMTP relay (``SmtpConnection``), or a
+    mailbox that sends through its own server (``ExchangeTransport``).
+
+    ``send`` runs one transaction, calls *before_dot* once just before the
+    point after which the outcome may be unknown, returns a
+    :class:`Delivery` (``message_id`` set when the server changed ours) or
+    raises :class:`SmtpFailure`."""
+
+    async def send(
+        self,
+        envelope_from: str,
+        recipients: list[str],
+        data: bytes,
+        *,
+        before_dot: Callable[[], Awaitable[None]] | None = None,
+    ) -> Delivery: ...
 
     async def close(self) -> None: ...
 
@@ -139,6 +162,7 @@ class Sender:
         worker: str,
         connections: int = 4,
         sent_folders: dict[str, SentFolder] | None = None,
+        transports: dict[str, Transport] | None = None,
         fault: Fault | None = None,
     ) -> None:
         self.db = db
@@ -146,6 +170,9 @@ class Sender:
         self.clock = clock
         self.worker = worker
         self.sent_folders = sent_folders or {}
+        self.transports = transports or {}
+        """Mailboxes that send through their own server (Exchange), by name;
+        every other mailbox's mail goes through the SMTP relay."""
         self.fault = fault
         self._write_lock = asyncio.Lock()
         self._connections = [SmtpConnection(smtp, secret) for _ in range(connections)]
@@ -161,6 +188,8 @@ class Sender:
             await conn.close()
         for folder in self.sent_folders.values():
             await folder.close()
+        for transport in self.transports.values():
+            await transport.close()
 
     async def recover(self, *, all_claims: bool, keep: Collection[str] = ()) -> int:
         """Settle rows a dead process left ``sending`` (never those of the
@@ -273,7 +302,7 @@ class Sender:
         await settle_previous()
 
     async def _send_one(
-        self, conn: SmtpConnection, item: Ready, settle_previous: Callable[[], Awaitable[None]]
+        self, conn: Transport, item: Ready, settle_previous: Callable[[], Awaitable[None]]
     ) -> Outcome:
         if self.fault:
             await self.fault("before_smtp", item)
@@ -285,8 +314,9 @@ class Sender:
             await self._committer.submit(item, None)
 
         started = time.monotonic()
+        transport = self.transports.get(item.mailbox, conn)
         try:
-            outcome: Outcome = await conn.send(
+            outcome: Outcome = await transport.send(
                 item.envelope_from, item.recipients, item.raw, before_dot=before_dot
             )
         except SmtpFailure as exc:
@@ -316,6 +346,17 @@ class Sender:
             and not outcome.rejected
         ]
         await outbox.record_sent_many(session, self.settings, plain, now)
+        await _store_sent_as(
+            session,
+            {
+                item.id: outcome.message_id
+                for item, outcome in outcomes
+                if isinstance(outcome, Delivery)
+                and outcome.message_id
+                and outcome.message_id != item.message_id
+            },
+            now,
+        )
         done = {sent.row_id for sent in plain}
         others = [(item.id, outcome) for item, outcome in outcomes if item.id not in done]
         if not others:
@@ -367,8 +408,16 @@ class Sender:
                         found = bool(hits)
                     except ChannelError as exc:
                         log.warning("Sent lookup for outbound %s failed: %s", row.id, exc)
+                sent_as = None
+                if found and isinstance(folder, SentAs):
+                    try:
+                        sent_as = await folder.sent_as(box.sent_folder, row.message_id)
+                    except ChannelError as exc:
+                        log.warning("Sent lookup for outbound %s failed: %s", row.id, exc)
                 async with self._write_lock:
                     await outbox.settle(session, self.settings, row, found, self.clock.now())
+                    if sent_as and sent_as != row.message_id:
+                        await _store_sent_as(session, {row.id: sent_as}, self.clock.now())
                     await session.commit()
 
     async def _append_copies(self) -> None:
@@ -399,3 +448,36 @@ class Sender:
                 async with self._write_lock:
                     row.copy_pending = False
                     await session.commit()
+
+
+@runtime_checkable
+class SentAs(Protocol):
+    """A Sent folder that can tell the Message-ID a mail we sent as
+    *message_id* went out with (``ExchangeInbox``)."""
+
+    async def sent_as(self, folder: str, message_id: str) -> str | None: ...
+
+
+async def _store_sent_as(session: AsyncSession, rewritten: dict[int, str], now: datetime) -> None:
+    """The server sent these rows under another Message-ID (Exchange may
+    rewrite ours): keep that one, since replies will refer to it, and ours
+    in the payload."""
+    if not rewritten:
+        return
+    rows = await session.scalars(
+        select(OutboundMessage).where(OutboundMessage.id.in_(list(rewritten)))
+    )
+    for row in rows:
+        ours, theirs = row.message_id, rewritten[row.id]
+        row.payload = {**row.payload, "built_message_id": ours}
+        row.message_id = theirs
+        repo.add_event(
+            session,
+            "outbound.message_id_rewritten",
+            actor="sender",
+            now=now,
+            lead_id=row.lead_id,
+            outbound_id=row.id,
+            reasons=[f"the server sent {ours} as {theirs}"],
+        )
+        log.info("outbound %s: the server sent %s as %s", row.id, ours, theirs)

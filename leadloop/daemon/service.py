@@ -43,6 +43,7 @@ from leadloop.agent.tracking import ScannerRules
 from leadloop.agent.understand import seed_budget
 from leadloop.auth import AlertHook, secret_source
 from leadloop.channels.base import AuthError, ChannelError, Inbox, TransientChannelError
+from leadloop.channels.exchange import ExchangeInbox, ExchangeSettings, ExchangeTransport
 from leadloop.channels.imap import IDLE_MAX_SECONDS, ImapInbox, ImapSettings
 from leadloop.channels.maildir import MaildirInbox
 from leadloop.channels.smtp import SmtpSettings
@@ -52,7 +53,7 @@ from leadloop.daemon.alerts import AlertMailer
 from leadloop.daemon.ingest import ingest_once
 from leadloop.daemon.notify import Heartbeats, Notifier
 from leadloop.daemon.prom import MailboxHealth, Metrics
-from leadloop.daemon.sender import Sender, SentFolder
+from leadloop.daemon.sender import Sender, SentFolder, Transport
 from leadloop.daemon.tasks import TaskKeeper
 from leadloop.daemon.web import Health, Web, WebSettings
 from leadloop.knowledge.catalog import Catalog, CatalogError, load_catalog
@@ -102,6 +103,8 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | Non
             acknowledge=box.acknowledge,
             move_to=box.move_to,
         )
+    if box.kind == "exchange":
+        return build_exchange_inbox(box, loaded, alert)
     assert box.host is not None and box.username is not None
     source = secret_source(loaded, box, alert=alert)
 
@@ -128,6 +131,35 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | Non
         ca_file=loaded.input_path(box.ca_file) if box.ca_file else None,
     )
     return ImapInbox(box.name, settings, secret)
+
+
+def build_exchange_inbox(
+    box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | None = None
+) -> ExchangeInbox:
+    """An Exchange mailbox over EWS; its inbox and its transport share one
+    session (one semaphore and throttle gate) per event loop."""
+    assert box.ews_url is not None and box.username is not None
+    source = secret_source(loaded, box, alert=alert)
+
+    async def secret() -> str:
+        # The password (ntlm, basic), a static token or a current OAuth2 token.
+        value = await source()
+        if value is None:
+            raise AuthError(f"mailbox {box.name} has no password or token")
+        return value
+
+    settings = ExchangeSettings(
+        url=box.ews_url,
+        address=box.address,
+        username=box.username,
+        auth=box.auth,
+        access=box.access,
+        folder=box.folder,
+        acknowledge=box.acknowledge,
+        move_to=box.move_to,
+        timeout=box.timeout.total_seconds(),
+    )
+    return ExchangeInbox(box.name, settings, secret)
 
 
 def build_planner(
@@ -157,6 +189,15 @@ def build_sender(
             inbox = build_inbox(box, loaded, alert)
             assert isinstance(inbox, ImapInbox)
             folders[box.name] = inbox
+    # Exchange mailboxes send through their own server (EWS), which files the
+    # sent copy; an in-doubt send is looked up in their Sent Items.
+    transports: dict[str, Transport] = {}
+    for box in settings.mailboxes:
+        if box.kind == "exchange":
+            exchange = build_exchange_inbox(box, loaded, alert)
+            transports[box.name] = ExchangeTransport(exchange)
+            if box.sent_copy == "server":
+                folders[box.name] = exchange
     return Sender(
         db,
         OutboxSettings.from_config(loaded, token_keys(loaded)),
@@ -166,6 +207,7 @@ def build_sender(
         worker=owner,
         connections=settings.smtp.connections,
         sent_folders=folders,
+        transports=transports,
     )
 
 

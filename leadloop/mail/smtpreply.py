@@ -43,6 +43,9 @@ class Delivery:
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, Reply] = field(default_factory=dict)
     final: Reply | None = None
+    message_id: str | None = None
+    """The Message-ID the mail went out with, when the server replaced ours
+    (Exchange may): the outbox stores it so replies thread.  SMTP: None."""
 
 
 class SmtpFailure(Exception):
