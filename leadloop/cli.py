@@ -263,6 +263,21 @@ def _leads_prioritized(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     return _run_async(main())
 
 
+def cmd_digest_preview(args: argparse.Namespace) -> int:
+    from leadloop.report.digest import build_digest
+
+    loaded = _load(args)
+
+    async def main() -> int:
+        async with _database(loaded) as db, db.sessions() as session:
+            digest = await build_digest(session, loaded, args.seller, datetime.now(UTC))
+        print(f"Subject: {digest.subject}\n")
+        sys.stdout.write(digest.html if args.html else digest.text)
+        return EXIT_OK
+
+    return _run_async(main())
+
+
 def cmd_leads_show(args: argparse.Namespace) -> int:
     from leadloop.storage import queries
 
@@ -868,6 +883,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=7, help="length of the range (default 7)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
+
+    digest = sub.add_parser("digest", help="the sellers' daily digest").add_subparsers(
+        dest="digest_command", required=True, metavar="ACTION"
+    )
+    p = add("preview", cmd_digest_preview, "a seller's digest as it would go out now", into=digest)
+    p.add_argument("--seller", required=True, metavar="ADDRESS")
+    p.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
 
     events = sub.add_parser("events", help="CRM / e-commerce events").add_subparsers(
         dest="events_command", required=True, metavar="ACTION"

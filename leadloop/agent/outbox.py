@@ -326,6 +326,9 @@ class Draft:
     closing: bool = False
     """A reply that closes the conversation: it may still go out after the
     lead became ``disqualified`` (the close-politely reply)."""
+    html: str | None = None
+    """A staff notice's own HTML alternative (the seller digest); other mail
+    makes its HTML part from the text, with the footer."""
 
 
 async def queue(
@@ -498,6 +501,7 @@ def _new_values(
         recipient_domain=recipients[0].rsplit("@", 1)[1],
         payload={
             **({"closing": True} if draft.closing else {}),
+            **({"html": draft.html} if draft.html and kind is Kind.NOTICE else {}),
             "mailbox": box.name,
             "to": recipients,
             "cc": copies,
@@ -670,6 +674,7 @@ def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> byte
             compose.Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
             for a in p.get("attachments", ())
         ),
+        html_body=p.get("html") if kind is Kind.NOTICE else None,
     )
     return compose.render(outgoing, settings.dkim)
 

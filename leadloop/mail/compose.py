@@ -94,6 +94,9 @@ class Outgoing:
     auto_submitted: bool = False
     html: bool = True
     attachments: tuple[Attachment, ...] = ()
+    html_body: str | None = None
+    """An HTML alternative written by the caller (a staff notice's own page,
+    such as the seller digest), used instead of the one made from the text."""
 
 
 def new_message_id(domain: str) -> str:
@@ -281,8 +284,9 @@ def build(outgoing: Outgoing) -> EmailMessage:
     # quoted-printable keeps UTF-8 text 7-bit and lines short (RFC 2045 6.7)
     plain, markup = _bodies(outgoing)
     message.set_content(plain, charset="utf-8", cte="quoted-printable")
-    if outgoing.html:
-        message.add_alternative(markup, subtype="html", charset="utf-8", cte="quoted-printable")
+    if outgoing.html or outgoing.html_body:
+        page = outgoing.html_body or markup
+        message.add_alternative(page, subtype="html", charset="utf-8", cte="quoted-printable")
     for attachment in outgoing.attachments:
         _attach(message, attachment)
     for part in message.walk():  # RFC 2045 4: MIME-Version belongs at the top level only
