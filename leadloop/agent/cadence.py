@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadloop.agent import due, outbox
+from leadloop.agent import drafting, due, outbox
 from leadloop.agent.lifecycle import State, can_transition, to_owner, transition
 from leadloop.agent.sendtime import (
     Delay,
@@ -46,7 +46,7 @@ from leadloop.agent.sendtime import (
     next_window_start,
     plan_touch,
 )
-from leadloop.agent.staff import Staff, escalate, is_hard, notify_owner
+from leadloop.agent.staff import Staff, disqualify, escalate, evidence, is_hard, notify_owner
 from leadloop.config import (
     INSIGHT,
     MERGE_FIELD_PATTERN,
@@ -846,6 +846,9 @@ class Planner:
             enrollment.status = "ending"
             enrollment.next_at = now
             return
+        research = self.send.drafting.mode_of(cadence.name) == drafting.RESEARCH
+        if research and not await self._research_gate(session, enrollment, lead, now):
+            return
         box = self.send.box(cadence.mailbox)
         account = await session.get(Account, lead.account_id) if lead.account_id else None
         fields = merge_fields(
@@ -899,7 +902,52 @@ class Planner:
             mailbox=box.name,
             lead=lead,
         )
+        if research:
+            # The outreach draft goes to the seller (the outbox files or
+            # mails it); the seller decides what follows, so the plan ends.
+            [row] = await outbox.queue_many(session, self.send, [draft], now=now, actor=ACTOR)
+            reason = f"research mode: outreach drafted for {lead.owner} (step {step.id})"
+            _end(enrollment, "done", reason, now)
+            enrollment.last_step_id = step.id
+            enrollment.last_outbound_id = row.id
+            repo.add_event(session, "research.drafted", actor=ACTOR, now=now, lead_id=lead.id,
+                           outbound_id=row.id, reasons=[reason])  # fmt: skip
+            return
         touches.append((enrollment, step.id, draft))
+
+    async def _research_gate(
+        self, session: AsyncSession, enrollment: CadenceEnrollment, lead: Lead, now: datetime
+    ) -> bool:
+        """Research mode, before the outreach draft: the seed's routing (ICP
+        low: disqualified, the supervisors told; else the lead's seller) and
+        its conditions for an initial-outreach draft.  False ends the plan."""
+        icp = self.staff.icp if self.staff is not None else ()
+        fit = (await evidence(session, lead, icp)).fit
+        if fit.band == "low":
+            reasons = ["research mode: ICP fit low", fit.reason]
+            if self.staff is not None:
+                await disqualify(session, self.staff, lead, reasons=reasons, now=now, actor=ACTOR)
+            elif can_transition(lead, State.DISQUALIFIED):
+                await transition(
+                    session, lead, State.DISQUALIFIED, actor=ACTOR, reason=reasons[1], now=now
+                )
+            _end(enrollment, "stopped", "; ".join(reasons), now)
+            return False
+        try:
+            await drafting.seller_of(session, self.send.drafting, lead, now)
+        except LookupError as exc:
+            _end(enrollment, "stopped", str(exc), now)
+            repo.add_event(session, "research.skipped", actor=ACTOR, now=now, lead_id=lead.id,
+                           reasons=[str(exc)])  # fmt: skip
+            return False
+        blockers = await drafting.outreach_blockers(session, lead, now)
+        if blockers:
+            reason = f"research mode: {'; '.join(blockers)}"
+            _end(enrollment, "stopped", reason, now)
+            repo.add_event(session, "research.skipped", actor=ACTOR, now=now, lead_id=lead.id,
+                           reasons=[reason])  # fmt: skip
+            return False
+        return True
 
     async def _hold_for_review(
         self,

@@ -236,7 +236,7 @@ def placeholder_for(question: str) -> str:
     return f"answer: {question.strip()}"
 
 
-def placeholder_answer(first_name: str | None, text: str, signature: str = "") -> str:
+def placeholder_answer(first_name: str | None, text: str, sender: str = "") -> str:
     """A follow-up draft for questions the knowledge cannot answer: each
     question quoted, with a ``[[placeholder]]`` for the seller to fill."""
     questions = [q.strip() for q in _QUESTION.findall(text) if len(q.strip()) > 3]
@@ -246,6 +246,6 @@ def placeholder_answer(first_name: str | None, text: str, signature: str = "") -
     for question in questions[:3]:
         lines += ["", f"> {question}", f"[[{placeholder_for(question)}]]"]
     lines += ["", "Best regards,"]
-    if signature:
-        lines.append(signature)
+    if sender:
+        lines.append(sender)
     return "\n".join(lines) + "\n"

@@ -54,6 +54,7 @@ from sqlalchemy import String, bindparam, cast, func, insert, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent.alerts import raise_alert
+from leadloop.agent.drafting import Drafting, divert
 from leadloop.agent.lifecycle import (
     SENDING_STATES,
     State,
@@ -109,6 +110,8 @@ class Kind(StrEnum):
     NUDGE = "nudge"  # a follow-up in a quiet conversation; a checkout reminder
     INTRO = "intro"  # the warm introduction, sent in `qualified`
     NOTICE = "notice"  # staff: escalations, hand-offs, digests, confirmations
+    DRAFT = "draft"  # research mode: a draft for a lead, mailed to its seller
+    FILED = "filed"  # research mode: a draft filed in the seller's Drafts folder
 
 
 LEAD_KINDS = frozenset({Kind.TOUCH, Kind.REPLY, Kind.NUDGE, Kind.INTRO})
@@ -209,6 +212,8 @@ class OutboxSettings:
     tracked: Mapping[str, str] = field(default_factory=dict)
     """Catalog purchase URL -> SKU: links that become tracked links when
     ``public_url`` is set (``mail/links.py``)."""
+    drafting: Drafting = field(default_factory=Drafting)
+    """Research mode: which leads get drafts for their seller instead of mail."""
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig, keys: TokenKeys) -> OutboxSettings:
@@ -259,6 +264,7 @@ class OutboxSettings:
             keys=keys,
             dkim=dkim,
             tracked=_tracked_links(loaded) if s.tracking.public_url else {},
+            drafting=Drafting.from_config(loaded),
         )
 
     def box(self, name: str | None) -> SenderBox:
@@ -329,6 +335,8 @@ class Draft:
     html: str | None = None
     """A staff notice's own HTML alternative (the seller digest); other mail
     makes its HTML part from the text, with the footer."""
+    seller: str | None = None
+    """Research mode: whose draft this is (``agent/drafting.py``)."""
 
 
 async def queue(
@@ -388,6 +396,7 @@ async def queue_many(
     replayed after a crash never queues a second mail.  Bulk callers that
     need only the ids use :func:`queue_bulk` (bytes made by the sender).
     """
+    drafts = await divert(session, settings.drafting, drafts, now)
     keys = [d.idempotency_key for d in drafts]
     rows = {
         row.idempotency_key: row
@@ -426,6 +435,7 @@ async def queue_bulk(
     their events) and left unrendered for the sender.  Returns the row ids,
     in the order of *drafts*; a key already queued gives its first row."""
     table = table_of(OutboundMessage)
+    drafts = await divert(session, settings.drafting, drafts, now)
     keys = [d.idempotency_key for d in drafts]
     ids: dict[str, int] = {
         key: id_
@@ -502,6 +512,7 @@ def _new_values(
         payload={
             **({"closing": True} if draft.closing else {}),
             **({"html": draft.html} if draft.html and kind is Kind.NOTICE else {}),
+            **({"seller": draft.seller} if draft.seller else {}),
             "mailbox": box.name,
             "to": recipients,
             "cc": copies,
@@ -618,7 +629,10 @@ def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> byte
     p = row.payload
     box = settings.box(p.get("mailbox"))
     kind = Kind(row.kind)
-    notice = kind is Kind.NOTICE
+    notice = kind in (Kind.NOTICE, Kind.DRAFT)
+    # A filed draft is the seller's own mail once they send it: no footer,
+    # no list headers, their signature, plain text.
+    filed = kind is Kind.FILED
     footer = None
     mailto = url = None
     reply_to = None
@@ -632,7 +646,7 @@ def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> byte
             lead_id=row.lead_id,
             outbound_id=row.id,
         )
-    if not notice:
+    if not notice and not filed:
         token = None
         if row.lead_id is not None:
             token = unsubscribe_token(settings.keys, row.lead_id, now)
@@ -669,7 +683,7 @@ def build(settings: OutboxSettings, row: OutboundMessage, now: datetime) -> byte
         list_unsubscribe_mailto=mailto,
         list_unsubscribe_url=url,
         auto_submitted=notice,
-        html=not notice,
+        html=not notice and not filed,
         attachments=tuple(
             compose.Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
             for a in p.get("attachments", ())
@@ -766,7 +780,11 @@ async def claim(
     budget = await _budget(session, settings, now)
     query = (
         select(OutboundMessage)
-        .where(OutboundMessage.status == Status.QUEUED, OutboundMessage.not_before <= now)
+        .where(
+            OutboundMessage.status == Status.QUEUED,
+            OutboundMessage.not_before <= now,
+            OutboundMessage.kind != Kind.FILED,  # filed in a Drafts folder, never sent
+        )
         .order_by(OutboundMessage.not_before, OutboundMessage.id)
         .limit(limit * 2)
         .with_for_update(skip_locked=True)
@@ -850,7 +868,7 @@ def _send_rule(
 ) -> str | None:
     """Why this row may not go out now (DESIGN.md's send rule), or None."""
     kind = Kind(row.kind)
-    if kind is Kind.NOTICE:
+    if kind in (Kind.NOTICE, Kind.DRAFT):
         return None
     blocked = [a for a in row.to_addrs if a in suppressed]
     if blocked:
@@ -995,6 +1013,38 @@ def _finish(
     row.finished_at = now
     if why is not None:
         row.last_error = why
+
+
+async def due_filed(
+    session: AsyncSession, now: datetime, limit: int = 200
+) -> list[OutboundMessage]:
+    """Research-mode drafts waiting to be filed in their seller's Drafts folder."""
+    query = (
+        select(OutboundMessage)
+        .where(
+            OutboundMessage.kind == Kind.FILED,
+            OutboundMessage.status == Status.QUEUED,
+            OutboundMessage.not_before <= now,
+        )
+        .order_by(OutboundMessage.id)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+def record_filed(
+    session: AsyncSession, row: OutboundMessage, folder: str, mailbox: str, now: datetime
+) -> None:
+    """*row* is in *mailbox*'s *folder* as a draft: done (never sent by us)."""
+    _finish(session, row, Status.SENT, now, None)
+    row.sent_at = now
+    _event(
+        session,
+        row,
+        "outbound.filed",
+        [f"draft for {', '.join(row.to_addrs)} filed in {mailbox}/{folder} for the seller"],
+        now,
+    )
 
 
 async def record(
@@ -1223,8 +1273,8 @@ async def _in_doubt(
     row.phase = None
     row.claimed_by = row.claimed_until = None
     row.last_error = f"in doubt: {why}"
-    if Kind(row.kind) is Kind.NOTICE:
-        # Staff notices may be resent rather than lost (DESIGN.md).
+    if Kind(row.kind) in (Kind.NOTICE, Kind.DRAFT):
+        # Staff notices (and drafts for sellers) may be resent rather than lost (DESIGN.md).
         row.status = Status.QUEUED
         row.not_before = now
         return

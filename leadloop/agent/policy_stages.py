@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadloop.agent import outbox
+from leadloop.agent import drafting, outbox
 from leadloop.agent.cadence import CONVERSATION, Insight, nurture
 from leadloop.agent.lifecycle import (
     SENDING_STATES,
@@ -334,6 +334,8 @@ class ActStage:
             reason = "; ".join(data.get("reasons") or ["handed back"])
             await self._hand_back(session, lead, reason, item.id, now)
             done.append("handed back to the owner")
+            if await self._researching(session, lead):
+                done.append(await self._placeholder_draft(session, item, lead, now))
         elif action == policy.NURTURE and data.get("until"):
             until = datetime.combine(datetime.fromisoformat(data["until"]).date(), time(), UTC)
             if can_transition(lead, State.NURTURE) and until > now:
@@ -606,6 +608,27 @@ class ActStage:
             reason=f"first mail, referred by {referrer.email}",
             now=now,
         )
+
+    async def _researching(self, session: AsyncSession, lead: Lead) -> bool:
+        settings = self.policy.send.drafting
+        modes = await drafting.modes_of(session, settings, {lead.id})
+        return modes[lead.id] == drafting.RESEARCH
+
+    async def _placeholder_draft(
+        self, session: AsyncSession, item: InboundMessage, lead: Lead, now: datetime
+    ) -> str:
+        """Research mode, a question the knowledge cannot answer: the seller
+        still gets a follow-up draft, with ``[[placeholders]]`` where the facts
+        go (seed 003's "send follow-up email")."""
+        inbox = await session.get(Mailbox, item.mailbox_id)
+        box = self.policy.send.box(inbox.name if inbox else None)
+        text = drafting.placeholder_answer(
+            lead.first_name, str(item.result.get("visible_text") or ""), box.display_name
+        )
+        await outbox.queue_reply(
+            session, self.policy.send, lead=lead, inbound=item, text=text, now=now, mailbox=box.name
+        )
+        return "a follow-up draft with placeholders for the seller"
 
     async def _hand_back(
         self, session: AsyncSession, lead: Lead, reason: str, inbound_id: int, now: datetime

@@ -162,6 +162,7 @@ class Sender:
         worker: str,
         connections: int = 4,
         sent_folders: dict[str, SentFolder] | None = None,
+        draft_folders: dict[str, SentFolder] | None = None,
         transports: dict[str, Transport] | None = None,
         fault: Fault | None = None,
     ) -> None:
@@ -170,6 +171,9 @@ class Sender:
         self.clock = clock
         self.worker = worker
         self.sent_folders = sent_folders or {}
+        self.draft_folders = draft_folders or {}
+        """Sellers' own mailboxes (``[[sellers]] mailbox``): research-mode
+        drafts are filed in their Drafts folders."""
         self.transports = transports or {}
         """Mailboxes that send through their own server (Exchange), by name;
         every other mailbox's mail goes through the SMTP relay."""
@@ -186,7 +190,7 @@ class Sender:
     async def close(self) -> None:
         for conn in self._connections:
             await conn.close()
-        for folder in self.sent_folders.values():
+        for folder in [*self.sent_folders.values(), *self.draft_folders.values()]:
             await folder.close()
         for transport in self.transports.values():
             await transport.close()
@@ -252,6 +256,7 @@ class Sender:
                 if unsent:
                     await self._unclaim(unsent)
             await self._append_copies()
+            await self._file_drafts()
         return total
 
     async def _unclaim(self, ids: list[int]) -> None:
@@ -418,6 +423,34 @@ class Sender:
                     await outbox.settle(session, self.settings, row, found, self.clock.now())
                     if sent_as and sent_as != row.message_id:
                         await _store_sent_as(session, {row.id: sent_as}, self.clock.now())
+                    await session.commit()
+
+    async def _file_drafts(self) -> None:
+        """Research mode: APPEND each due draft to its seller's Drafts folder
+        with ``\\Draft``.  A draft already there (a crash after the APPEND,
+        before the commit) is found by its Message-ID and not filed twice."""
+        if not self.draft_folders:
+            return
+        async with self.db.sessions() as session:
+            for row in await outbox.due_filed(session, self.clock.now()):
+                seller = row.payload.get("seller") or ""
+                desk = self.settings.drafting.desks.get(seller)
+                box = row.payload.get("mailbox") or ""
+                folder = self.draft_folders.get(box)
+                if desk is None or folder is None:
+                    continue  # its seller's mailbox left the config; it waits
+                if row.raw is None:
+                    row.raw = outbox.build(self.settings, row, self.clock.now())
+                try:
+                    found = await folder.search_header(desk.folder, "Message-ID", row.message_id)
+                    if not found:
+                        await folder.append(desk.folder, row.raw, ("\\Draft",))
+                except ChannelError as exc:
+                    log.warning("filing draft %s in %s failed (will retry): %s", row.id, box, exc)
+                    await session.rollback()
+                    return
+                async with self._write_lock:
+                    outbox.record_filed(session, row, desk.folder, box, self.clock.now())
                     await session.commit()
 
     async def _append_copies(self) -> None:

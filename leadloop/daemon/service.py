@@ -198,6 +198,13 @@ def build_sender(
             transports[box.name] = ExchangeTransport(exchange)
             if box.sent_copy == "server":
                 folders[box.name] = exchange
+    drafts: dict[str, SentFolder] = {}
+    for seller in settings.sellers:
+        own = next((b for b in settings.mailboxes if b.name == seller.mailbox), None)
+        if own is not None and own.kind == "imap" and own.name not in drafts:
+            inbox = build_inbox(own, loaded, alert)
+            assert isinstance(inbox, ImapInbox)
+            drafts[own.name] = inbox
     return Sender(
         db,
         OutboxSettings.from_config(loaded, token_keys(loaded)),
@@ -208,6 +215,7 @@ def build_sender(
         connections=settings.smtp.connections,
         sent_folders=folders,
         transports=transports,
+        draft_folders=drafts,
     )
 
 
@@ -460,6 +468,7 @@ class Service:
         await self.pipeline.run_pending()
         await self.plan_touches()
         await self.weekly_summary()
+        await self.periodic_jobs()
         await self.send_due()
         await self.mail_alerts()
         await self.push_events()
@@ -867,6 +876,7 @@ class Service:
         await self.plan_touches()
         await self.mail_alerts()
         await self.weekly_summary()
+        await self.periodic_jobs()
         self.wake.set()
 
     async def mail_alerts(self) -> None:
@@ -898,6 +908,38 @@ class Service:
         if queued is not None:
             log.info("weekly summary queued outbound=%d", queued)
             self.wake.set()
+
+    async def periodic_jobs(self) -> None:
+        """Research and prioritization (``[research] interval``), the sellers'
+        digests (each tick; each is queued once per seller and local day) and
+        retention (daily, with ``[privacy] raw_mail_days``).  Each job runs
+        on one daemon of those sharing the database; a failure waits for the
+        next tick."""
+        if self.db is None or self.sender is None:
+            return
+        from leadloop.report.digest import send_due_digests
+        from leadloop.research.job import RESEARCH_JOB, claim_run, run_research
+
+        settings = self.loaded.settings
+        now = self.clock.now()
+        staff = self.planner.staff if self.planner is not None else None
+        try:
+            if staff is not None and await claim_run(
+                self.db, RESEARCH_JOB, settings.research.interval, now
+            ):
+                log.info("research run %s", await run_research(self.db, self.loaded, staff, now))
+        except Exception:
+            log.exception("the research job failed; will try at its next interval")
+            self.metrics.error("research")
+        try:
+            async with self.db.transaction() as session:
+                queued = await send_due_digests(session, self.loaded, self.sender.settings, now)
+            if queued:
+                log.info("seller digests queued=%d", queued)
+                self.wake.set()
+        except Exception:
+            log.exception("the seller digests failed; will try at the next tick")
+            self.metrics.error("digest")
 
     async def push_events(self) -> None:
         """New events to ``[events] webhook_url`` (its own job: a slow
