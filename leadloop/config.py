@@ -1293,6 +1293,12 @@ class Config(_Section):
                     f"seller {seller.address}: mailbox {seller.mailbox!r} is not configured "
                     f"(mailboxes: {', '.join(sorted(names)) or 'none'})"
                 )
+            kinds = {box.name: box.kind for box in self.mailboxes}
+            if seller.mailbox is not None and kinds[seller.mailbox] == "maildir":
+                raise ValueError(
+                    f"seller {seller.address}: mailbox {seller.mailbox!r} is a Maildir; drafts "
+                    "are filed in an imap or exchange mailbox's Drafts folder"
+                )
         return self
 
     def seller(self, address: str | None) -> SellerConfig | None:

@@ -449,3 +449,20 @@ def _around_busy(server: EwsServer) -> tuple[object, object]:
     calls = server.calls()
     index = next(i for i, r in enumerate(calls) if r.busy)
     return calls[index], calls[index + 1]
+
+
+async def test_an_exchange_mailbox_refusing_the_login_at_start_stops_the_daemon(
+    tmp_path: Path, ews: EwsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 77 (``MailboxLoginsRefused``) counts Exchange mailboxes as IMAP
+    ones: a wrong password is not something a restart fixes."""
+    from outbox_env import write_config
+
+    from leadloop.config import load
+    from leadloop.daemon.service import MailboxLoginsRefused, Service
+
+    monkeypatch.setenv(PASSWORD_ENV, "wrong-password")
+    write_config(tmp_path, 2525, mailbox=exchange_box(ews))
+    daemon = Service(load(tmp_path / "config.toml"))
+    with pytest.raises(MailboxLoginsRefused):
+        await asyncio.wait_for(daemon.run(), 60)

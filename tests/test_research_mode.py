@@ -227,3 +227,24 @@ mailbox = "ana"
         # Filing again (a second drain) does not file twice.
         await w.hour()
         assert len(await _drafts(imap, "Drafts")) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ('[[sellers]]\naddress = "ana@acme.example"\nmailbox = "nope"\n', "is not configured"),
+        ('[[sellers]]\naddress = "ana@acme.example"\nmailbox = "sales"\n', "is a Maildir"),
+        ('[[sellers]]\naddress = "ana@acme.example"\n' * 2, "is listed twice"),
+        ('[[sellers]]\naddress = "ana@acme.example"\ntimezone = "Mars/Base"\n', "unknown time"),
+        ('[research]\nmode = "sell"\n', "research.mode"),
+        ('[[cadences]]\nname = "x"\nmode = "quiet"\n', "line 32: cadences[0].mode"),
+    ],
+)
+def test_research_config_errors_name_the_problem(tmp_path: Path, extra: str, error: str) -> None:
+    from outbox_env import write_config
+
+    from leadloop.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        write_config(tmp_path, 2525, extra)
+    assert error in str(caught.value)

@@ -201,9 +201,9 @@ def build_sender(
     drafts: dict[str, SentFolder] = {}
     for seller in settings.sellers:
         own = next((b for b in settings.mailboxes if b.name == seller.mailbox), None)
-        if own is not None and own.kind == "imap" and own.name not in drafts:
-            inbox = build_inbox(own, loaded, alert)
-            assert isinstance(inbox, ImapInbox)
+        if own is not None and own.kind != "maildir" and own.name not in drafts:
+            inbox = build_inbox(own, loaded, alert)  # IMAP or Exchange: both file drafts
+            assert isinstance(inbox, (ImapInbox, ExchangeInbox))
             drafts[own.name] = inbox
     return Sender(
         db,
@@ -732,7 +732,7 @@ class Service:
         (a wrong password or token: no restart fixes it).  One that is down
         or refuses while another works is an alert, and the daemon goes on."""
         watchers = list(self.watchers.values())
-        if not watchers or not all(isinstance(w.inbox, ImapInbox) for w in watchers):
+        if not watchers or any(w.config.kind == "maildir" for w in watchers):
             return  # a local Maildir cannot refuse a login: not every mailbox can fail
         await asyncio.gather(*(w.polled.wait() for w in watchers))
         if all(w.auth_failures and w.last_ok is None for w in watchers):
