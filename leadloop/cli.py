@@ -156,10 +156,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_leads_import(args: argparse.Namespace) -> int:
+    from leadloop.agent.controls import use_privacy_key
     from leadloop.agent.leads import import_leads
     from leadloop.clock import SystemClock
 
     loaded = _load(args)
+    use_privacy_key(loaded)  # an erased address is suppressed by its keyed HMAC
 
     async def main() -> int:
         async with _database(loaded) as db:
@@ -200,6 +202,7 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     print(
         f"created {report['created']}, updated {report['updated']}, "
         f"unchanged {report['unchanged']}, rejected {len(report['rejected'])}"
+        + (f", suppressed {report['suppressed']} (not created)" if report["suppressed"] else "")
     )
     if report["custom_columns"]:
         print(f"kept as custom fields: {', '.join(report['custom_columns'])}")
@@ -505,28 +508,196 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from leadloop.agent import outbox
-    from leadloop.clock import SystemClock
+def _actor(args: argparse.Namespace) -> str:
+    from leadloop.agent.controls import default_actor
+
+    by = getattr(args, "by", None)
+    return f"admin:{by}" if by and ":" not in by else (by or default_actor())
+
+
+def _control(
+    args: argparse.Namespace,
+    action: Callable[[Any, str, datetime], Awaitable[Any]],
+    *,
+    checks_suppressions: bool = False,
+) -> tuple[int, Any]:
+    """Run one control in a transaction: (exit code, its result).  A refusal
+    (``ControlError``) is printed on stderr and exits 1.  A control that
+    checks suppressions needs the kept ``[privacy]`` key (made on first use)."""
+    from leadloop.agent.controls import ControlError, use_privacy_key
 
     loaded = _load(args)
 
-    async def main() -> int:
-        async with _database(loaded) as db, db.transaction() as session:
+    async def main() -> tuple[int, Any]:
+        if checks_suppressions:
+            use_privacy_key(loaded)
+        async with _database(loaded) as db:
             try:
-                resumed = await outbox.resume_sender(
-                    session, args.mailbox, actor="admin:cli", now=SystemClock().now()
-                )
-            except LookupError as exc:
-                print(str(exc), file=sys.stderr)
-                return EXIT_FAILURE
-        if resumed:
-            print(f"mailbox {args.mailbox} sends again")
-        else:
-            print(f"mailbox {args.mailbox} was not paused")
-        return EXIT_OK
+                async with db.transaction() as session:
+                    result = await action(session, _actor(args), datetime.now(UTC))
+            except ControlError as exc:
+                print(f"leadloop: {exc}", file=sys.stderr)
+                return EXIT_FAILURE, None
+        return EXIT_OK, result
 
-    return _run_async(main())
+    return asyncio.run(main())
+
+
+def _target(args: argparse.Namespace) -> str:
+    if args.lead:
+        return f"lead {args.lead}"
+    return f"mailbox {args.mailbox}" if args.mailbox else "all sending"
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause all sending (held mail stays queued), one mailbox, or one lead."""
+    from leadloop.agent import controls
+
+    code, changed = _control(
+        args,
+        lambda session, actor, now: controls.pause(
+            session, actor=actor, reason=args.reason, now=now, mailbox=args.mailbox, lead=args.lead
+        ),
+    )
+    if code == EXIT_OK:
+        print(f"{_target(args)} {'paused' if changed else 'was already paused'}")
+    return code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Undo ``leadloop pause``; a mailbox paused by the circuit breaker too."""
+    from leadloop.agent import controls
+
+    code, changed = _control(
+        args,
+        lambda session, actor, now: controls.resume(
+            session, actor=actor, reason=args.reason, now=now, mailbox=args.mailbox, lead=args.lead
+        ),
+    )
+    if code == EXIT_OK:
+        if args.mailbox and not args.lead:
+            print(f"mailbox {args.mailbox} {'sends again' if changed else 'was not paused'}")
+        else:
+            print(f"{_target(args)} {'resumed' if changed else 'was not paused'}")
+    return code
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    from leadloop.agent import controls
+
+    code, added = _control(
+        args,
+        lambda session, actor, now: controls.suppress(
+            session, args.address, actor=actor, reason=args.reason, now=now
+        ),
+        checks_suppressions=True,
+    )
+    if code == EXIT_OK:
+        print(f"{args.address} {'is suppressed' if added else 'was already suppressed'}")
+    return code
+
+
+def cmd_unsuppress(args: argparse.Namespace) -> int:
+    from leadloop.agent import controls
+
+    code, which = _control(
+        args,
+        lambda session, actor, now: controls.unsuppress(
+            session, args.address, actor=actor, reason=args.reason, now=now
+        ),
+        checks_suppressions=True,
+    )
+    if code == EXIT_OK:
+        erased = " (an erased address, matched by its HMAC)" if which == "hmac" else ""
+        print(f"{args.address} is no longer suppressed{erased}")
+    return code
+
+
+def cmd_suppressions(args: argparse.Namespace) -> int:
+    from leadloop.agent import controls
+
+    code, rows = _control(args, lambda session, actor, now: controls.list_suppressions(session))
+    if args.json:
+        for row in rows or []:
+            print(json.dumps(row))
+    else:
+        _table(
+            [
+                (r["address"] or "(erased)", r["source"], r["created_at"][:19], r["reason"][:60])
+                for r in rows or []
+            ],
+            ("ADDRESS", "SOURCE", "SINCE", "REASON"),
+            sys.stdout,
+        )
+    return code
+
+
+def cmd_leads_set_email(args: argparse.Namespace) -> int:
+    """Correct a lead's address (an ``invalid`` lead goes back to ``new``)."""
+    from leadloop.agent import controls
+
+    validator = controls.validator_for(_load(args))
+    code, lead = _control(
+        args,
+        lambda session, actor, now: controls.set_email(
+            session, args.old, args.new, actor=actor, reason=args.reason, now=now,
+            validator=validator,
+        ),
+        checks_suppressions=True,
+    )  # fmt: skip
+    if code == EXIT_OK:
+        print(f"lead {lead.id} is now {lead.email} ({lead.state}); its address is checked again")
+    return code
+
+
+def cmd_leads_erase(args: argparse.Namespace) -> int:
+    """Erase a person: their lead, mail and records; a keyed suppression stays."""
+    from leadloop.agent import controls
+
+    loaded = _load(args)
+    own = [box.address for box in loaded.settings.mailboxes]
+    code, report = _control(
+        args,
+        lambda session, actor, now: controls.erase(
+            session, args.email, actor=actor, reason=args.reason, now=now,
+            key=controls.use_privacy_key(loaded), own_addresses=own,
+        ),
+        checks_suppressions=True,
+    )  # fmt: skip
+    if code != EXIT_OK:
+        return code
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return code
+    what = "the lead and " if report.lead else "no lead; "
+    deleted = ", ".join(f"{n} {t}" for t, n in sorted(report.deleted.items())) or "nothing"
+    print(f"erased {what}its records: {deleted}")
+    if report.redacted:
+        places = ", ".join(f"{n} in {c}" for c, n in sorted(report.redacted.items()))
+        print(f"the address was replaced in other records: {places}")
+    print("kept: a suppression keyed by the address's HMAC (no mail goes there again)")
+    return code
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """``[privacy] raw_mail_days``: strip raw mail older than that now."""
+    from leadloop.agent.controls import run_retention
+
+    loaded = _load(args)
+    days = loaded.settings.privacy.raw_mail_days
+
+    async def main() -> int:
+        async with _database(loaded) as db:
+            return await run_retention(db, loaded, datetime.now(UTC), actor=_actor(args))
+
+    stripped = asyncio.run(main())
+    if args.json:
+        print(json.dumps({"raw_mail_days": days, "stripped": stripped}))
+    elif days <= 0:
+        print("[privacy] raw_mail_days is 0: raw mail is kept; nothing to do")
+    else:
+        print(f"stripped the raw mail of {stripped} messages older than {days} days")
+    return EXIT_OK
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -820,6 +991,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("show", cmd_leads_show, "a lead's fields, state history and events", into=leads)
     p.add_argument("email")
     p.add_argument("--json", action="store_true")
+    p = add("set-email", cmd_leads_set_email, "correct a lead's address", into=leads)
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--reason", metavar="TEXT", help="why (in the event)")
+    p.add_argument("--by", metavar="NAME", help="who (default: admin:<OS user>)")
+    p = add("erase", cmd_leads_erase, "erase a person: lead, mail, records", into=leads)
+    p.add_argument("email")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why (in the event)")
+    p.add_argument("--by", metavar="NAME", help="who (default: admin:<OS user>)")
+    p.add_argument("--json", action="store_true", help="what was deleted, as JSON")
 
     accounts = sub.add_parser("accounts", help="accounts").add_subparsers(
         dest="accounts_command", required=True, metavar="ACTION"
@@ -858,8 +1039,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="resolved ones too")
     p.add_argument("--json", action="store_true")
 
-    p = add("resume", cmd_resume, "let a paused mailbox send again")
-    p.add_argument("--mailbox", required=True, metavar="NAME")
+    def who(p: argparse.ArgumentParser, *, reason_required: bool) -> None:
+        p.add_argument(
+            "--reason", required=reason_required, metavar="TEXT", help="why (in the event)"
+        )
+        p.add_argument("--by", metavar="NAME", help="who (default: admin:<OS user>)")
+
+    for name, func, text in (
+        ("pause", cmd_pause, "pause all sending (mail stays queued), one mailbox or one lead"),
+        ("resume", cmd_resume, "resume what `leadloop pause` or the circuit breaker paused"),
+    ):
+        p = add(name, func, text)
+        target = p.add_mutually_exclusive_group()
+        target.add_argument("--mailbox", metavar="NAME")
+        target.add_argument("--lead", metavar="EMAIL")
+        who(p, reason_required=name == "pause")
+    p = add("suppress", cmd_suppress, "never mail this address")
+    p.add_argument("address")
+    who(p, reason_required=True)
+    p = add("unsuppress", cmd_unsuppress, "lift a suppression (an erased one by its HMAC)")
+    p.add_argument("address")
+    who(p, reason_required=False)
+    p = add("suppressions", cmd_suppressions, "the suppressed addresses")
+    p.add_argument("--json", action="store_true", help="one JSON object per entry")
+
+    retention = sub.add_parser("retention", help="[privacy] raw_mail_days").add_subparsers(
+        dest="retention_command", required=True, metavar="ACTION"
+    )
+    p = add("run", cmd_retention, "strip raw mail older than raw_mail_days now", into=retention)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--by", metavar="NAME", help="who (default: admin:<OS user>)")
 
     p = add("preview", cmd_preview, "the next cadence touch for a lead (or five), unsent")
     p.add_argument("--lead", metavar="EMAIL")

@@ -1548,6 +1548,7 @@ def _secret_sources(settings: Config) -> Iterator[tuple[tuple[str | int, ...], S
     if settings.alerts.smtp is not None:
         yield ("alerts", "smtp"), settings.alerts.smtp
     yield ("tokens",), settings.tokens
+    yield ("privacy",), settings.privacy
     yield ("conversions",), settings.conversions
     yield ("events",), settings.events
     if settings.brain.kind == "openai":

@@ -17,6 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent.controls import suppressed_among
 from leadloop.agent.lifecycle import create_lead
 from leadloop.storage.db import Database
 from leadloop.storage.models import Account, Lead
@@ -66,6 +67,8 @@ class ImportReport:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    suppressed: int = 0
+    """New addresses not created: suppressed (an erased person's among them)."""
     rejected: list[tuple[int, str]] = field(default_factory=list)
     custom_columns: list[str] = field(default_factory=list)
 
@@ -74,6 +77,7 @@ class ImportReport:
             "created": self.created,
             "updated": self.updated,
             "unchanged": self.unchanged,
+            "suppressed": self.suppressed,
             "rejected": [{"line": line, "reason": reason} for line, reason in self.rejected],
             "custom_columns": self.custom_columns,
         }
@@ -292,6 +296,10 @@ async def _import_lead_row(
         if account is not None:
             fields["account_id"] = account.id
         lead = await session.scalar(select(Lead).where(Lead.email == email))
+        if lead is None and await suppressed_among(session, [email]):
+            # Never mailed, so never created: a lead here would bring back
+            # the data an erasure removed (README, "Admin controls").
+            return "suppressed"
         if lead is None:
             lead = Lead(email=email, custom=custom, **fields)
             await create_lead(

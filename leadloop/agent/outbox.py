@@ -53,6 +53,7 @@ from typing import Any
 from sqlalchemy import String, bindparam, cast, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent import controls
 from leadloop.agent.alerts import raise_alert
 from leadloop.agent.drafting import Drafting, divert
 from leadloop.agent.lifecycle import (
@@ -84,7 +85,6 @@ from leadloop.storage.models import (
     Lead,
     Mailbox,
     OutboundMessage,
-    Suppression,
     table_of,
 )
 
@@ -774,6 +774,8 @@ async def claim(
     the send rule no longer allows are skipped and recorded.
     """
     limit = limit or settings.claim_batch
+    if await controls.send_paused(session) is not None:
+        return []  # `leadloop pause`: everything waits queued, in its place
     paused = set(
         (await session.scalars(select(Mailbox.id).where(Mailbox.send_paused_at.is_not(None)))).all()
     )
@@ -799,6 +801,19 @@ async def claim(
         )
     if blocked_domains:
         query = query.where(OutboundMessage.recipient_domain.not_in(blocked_domains))
+    # A lead an admin paused keeps its mail queued for its resume (another
+    # pause, an escalation's, skips the mail below: the agent's text waits
+    # for a person there).
+    admin_paused = select(Lead.id).where(
+        Lead.state == State.PAUSED, Lead.paused_reason.startswith(controls.ADMIN_PAUSE)
+    )
+    query = query.where(
+        or_(
+            OutboundMessage.lead_id.is_(None),
+            OutboundMessage.kind == Kind.NOTICE,
+            OutboundMessage.lead_id.not_in(admin_paused),
+        )
+    )
     rows = list((await session.scalars(query)).all())
     if not rows:
         return []
@@ -901,12 +916,8 @@ async def _leads(session: AsyncSession, ids: set[int]) -> dict[int, Lead]:
 
 
 async def _suppressed(session: AsyncSession, addresses: set[str]) -> set[str]:
-    if not addresses:
-        return set()
-    found = await session.scalars(
-        select(Suppression.address).where(Suppression.address.in_(addresses))
-    )
-    return {a for a in found if a}
+    """By address, or by the keyed HMAC an erasure left (``controls.py``)."""
+    return await controls.suppressed_among(session, addresses)
 
 
 async def _lead_counts(
@@ -1383,9 +1394,7 @@ async def recover(
 
 
 async def _suppress(session: AsyncSession, address: str, reason: str, now: datetime) -> None:
-    exists = await session.scalar(select(Suppression.id).where(Suppression.address == address))
-    if exists is None:
-        session.add(Suppression(address=address, reason=reason, source="smtp", created_at=now))
+    await controls.add_suppression(session, address, reason=reason, source="smtp", now=now)
 
 
 async def _to_state(

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent import controls
 from leadloop.agent.commands import CommandSettings, carries_command, handle_staff_mail
 from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import SENDING_STATES, State, transition
@@ -31,7 +32,7 @@ from leadloop.mail.reply import visible_text
 from leadloop.mail.smtpreply import INVALID_STATUSES, SENDER_STATUSES
 from leadloop.mail.tokens import TokenKeys
 from leadloop.storage import repo
-from leadloop.storage.models import InboundMessage, Lead, OutboundMessage, Suppression
+from leadloop.storage.models import InboundMessage, Lead, OutboundMessage
 
 log = logging.getLogger("leadloop.agent.screening")
 
@@ -413,10 +414,6 @@ async def _lead_we_mailed(session: AsyncSession, address: str) -> Lead | None:
 async def suppress(
     session: AsyncSession, address: str, *, reason: str, source: str, now: datetime
 ) -> None:
-    exists = await session.scalar(
-        select(Suppression.id).where(Suppression.address == address.lower())
-    )
-    if exists is None:
-        session.add(
-            Suppression(address=address.lower(), reason=reason, source=source, created_at=now)
-        )
+    """Suppress *address* unless it is already, by address or, for an erased
+    person, by keyed HMAC (then its clear form is not written back)."""
+    await controls.add_suppression(session, address, reason=reason, source=source, now=now)

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from html import escape
 from typing import Any
 
 from aiohttp import web
 
-from leadloop.agent import tracking
+from leadloop.agent import controls, tracking
 from leadloop.clock import Clock
 from leadloop.daemon.prom import CONTENT_TYPE, MailboxHealth, Metrics
 from leadloop.knowledge.catalog import Catalog
@@ -48,12 +48,14 @@ class Health:
     daemon: str = ""
     """This daemon's id (host:pid), the owner name on its claims."""
     claims: dict[str, int] = field(default_factory=dict)
+    send_paused: dict[str, Any] | None = None
+    """``leadloop pause`` (all sending): since when, by whom, why."""
 
     @property
     def status(self) -> str:
         if self.database is not None:
             return "failing"
-        if any(not box["ok"] for box in self.mailboxes) or self.paused_senders:
+        if any(not box["ok"] for box in self.mailboxes) or self.paused_senders or self.send_paused:
             return "degraded"
         return "ok"
 
@@ -65,6 +67,7 @@ class Health:
             "database": {"ok": self.database is None, "error": self.database},
             "mailboxes": self.mailboxes,
             "paused_senders": self.paused_senders,
+            "send_paused": self.send_paused,
         }
 
 
@@ -134,6 +137,13 @@ class Web:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+
+    async def _send_paused(self) -> dict[str, Any] | None:
+        async with self.db.sessions() as session:
+            row = await controls.send_paused(session)
+        if row is None:
+            return None
+        return {"since": row.value.get("since"), "by": row.actor, "reason": row.reason}
 
     # -- public -----------------------------------------------------------
     async def click(self, request: web.Request) -> web.StreamResponse:
@@ -210,6 +220,8 @@ class Web:
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = await self.health()
+        if health.database is None and health.send_paused is None:
+            health = replace(health, send_paused=await self._send_paused())
         return web.json_response(
             health.as_dict(), status=503 if health.status == "failing" else 200
         )
