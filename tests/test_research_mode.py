@@ -15,6 +15,7 @@ from sqlalchemy import select
 from test_cadence import CADENCE
 from test_cadence_service import Sent, World, text_of, utc, world
 
+from leadloop.research.actions import suggest_for
 from leadloop.storage.models import Account, Lead, OutboundMessage
 
 RESEARCH = (
@@ -103,11 +104,15 @@ async def test_research_mode_mails_drafts_to_the_seller_and_never_the_lead(
         row = await w.enrollment(leads["nolast@northwind.test"])
         assert row.status == "stopped" and row.reason is not None
         assert "last name missing" in row.reason
-        # The seller owns the leads the agent drafted for.
+        # The seller owns the leads the agent drafted for, and the suggested
+        # action says the draft is waiting.
         assert w.service.db is not None
         async with w.service.db.sessions() as session:
             good = await session.get(Lead, leads["good@northwind.test"].id)
             assert good is not None and good.owner == SELLER
+            [suggestion] = (await suggest_for(session, [good], w.clock.now())).values()
+        assert suggestion.action == "draft_outreach"
+        assert suggestion.reason.startswith("the first mail was drafted for you on 2026-03-02")
 
         # The lead writes (after the seller sent the draft themselves): the
         # grounded answer becomes the seller's next draft, not a reply.

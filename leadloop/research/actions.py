@@ -71,6 +71,8 @@ HUMAN_KINDS = ("reply", "new_inbound")
 FROM_LEAD_KINDS = (*HUMAN_KINDS, "auto_reply")
 """Any mail from the lead: all of it is a prior email."""
 LEAD_MAIL_KINDS = ("touch", "reply", "nudge", "intro")
+DRAFT_KINDS = ("draft", "filed")
+"""Research mode: drafts given to the seller (never sent by us: not prior email)."""
 UNSENT = ("cancelled", "skipped", "failed", "rejected")
 """Lead mail in these states never reached the lead: no prior email."""
 CUSTOM_UPCOMING_MEETING = "upcoming_meeting"
@@ -121,6 +123,8 @@ class LeadFacts:
     past_appointment: bool = False
     unanswered_calls: int = 0
     latest: LatestMail | None = None
+    drafted_at: datetime | None = None
+    """Research mode: when the last draft for the seller was made."""
 
 
 # -- the rules -----------------------------------------------------------------
@@ -133,6 +137,12 @@ def suggest(facts: LeadFacts) -> Suggestion:
     history = _history(facts)
     record = _record_problems(facts)
     if not history and not record:
+        if facts.drafted_at is not None:
+            return Suggestion(
+                "draft_outreach",
+                f"the first mail was drafted for you on {facts.drafted_at.date().isoformat()}: "
+                "review it and send it",
+            )
         return Suggestion(
             "draft_outreach",
             "no conversation yet; named, linked to an account, deliverable: draft the first mail",
@@ -422,6 +432,7 @@ async def gather_facts(
     from_lead: dict[int, int] = {}
     to_lead: dict[int, tuple[int, datetime | None]] = {}
     latest: dict[int, LatestMail] = {}
+    drafted: dict[int, datetime] = {}
     for chunk in batches(ids):
         for lead_id, count in await session.execute(
             select(InboundMessage.lead_id, func.count())
@@ -442,6 +453,15 @@ async def gather_facts(
             if lead_id is not None:
                 to_lead[lead_id] = (count, last)
         latest.update(await latest_mails(session, chunk))
+        drafted.update(
+            (lead_id, at)
+            for lead_id, at in await session.execute(
+                select(OutboundMessage.lead_id, func.max(OutboundMessage.created_at))
+                .where(OutboundMessage.lead_id.in_(chunk), OutboundMessage.kind.in_(DRAFT_KINDS))
+                .group_by(OutboundMessage.lead_id)
+            )
+            if lead_id is not None
+        )
     today = now.date()
     facts = {}
     for lead in leads:
@@ -459,6 +479,7 @@ async def gather_facts(
             past_appointment=past,
             unanswered_calls=calls,
             latest=latest.get(lead.id),
+            drafted_at=drafted.get(lead.id),
         )
     return facts
 
