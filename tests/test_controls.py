@@ -669,3 +669,48 @@ async def test_erase_and_keyed_checks_on_each_backend(db: Database) -> None:
         kept = await session.get(InboundMessage, 2)
         assert kept is not None and b"[erased]" in kept.raw
         assert await controls.suppressed_among(session, {ADDRESS}, key) == {ADDRESS}
+
+
+async def test_an_erased_person_trusted_by_dmarc_is_not_made_a_lead_again(tmp_path: Path) -> None:
+    """Mail from an erased address that would make a hand-raiser (dmarc=pass
+    from our border server) is kept and ignored: the erase is not undone.
+    Another trusted stranger still becomes a lead."""
+    async with world(tmp_path, identity='authserv_id = "mx.acme.example"\n') as w:
+        db = w.service.db
+        assert db is not None
+        await w.lead(ADDRESS)
+        async with db.transaction() as session:
+            await controls.erase(
+                session, ADDRESS, actor=BY, reason="GDPR art. 17 request", now=w.clock.now(),
+                key=controls.use_privacy_key(w.service.loaded), own_addresses=[],
+            )  # fmt: skip
+
+        def trusted(sender: str, n: int) -> bytes:
+            return (
+                "Authentication-Results: mx.acme.example; dmarc=pass header.from=example\r\n"
+                f"From: {sender}\r\nTo: sales@acme.example\r\nSubject: Hello again\r\n"
+                f"Message-ID: <again-{n}@buyer.example>\r\n\r\nWe would like a demo.\r\n"
+            ).encode()
+
+        w.deliver(trusted(ADDRESS, 1))
+        w.deliver(trusted("new@contoso.example", 2))
+        await w.hour()
+        async with db.sessions() as session:
+            assert await session.scalar(select(Lead).where(Lead.email == ADDRESS)) is None
+            assert await session.scalar(select(Lead).where(Lead.email == "new@contoso.example"))
+            kinds = dict(
+                (await session.execute(select(InboundMessage.from_addr, InboundMessage.kind))).all()
+            )
+        assert kinds == {ADDRESS: "ignored", "new@contoso.example": "new_inbound"}
+
+
+async def test_the_service_status_line_names_a_pause_of_all_sending(tmp_path: Path) -> None:
+    """systemd's STATUS= shows who paused all sending, and why."""
+    async with world(tmp_path) as w:
+        assert w.service.db is not None
+        async with w.service.db.transaction() as session:
+            await controls.pause(session, actor=BY, reason="relay migration", now=w.clock.now())
+        assert "all sending paused by admin:ann: relay migration" in await w.service.status_line()
+        async with w.service.db.transaction() as session:
+            await controls.resume(session, actor=BY, reason="done", now=w.clock.now())
+        assert "all sending paused" not in await w.service.status_line()

@@ -205,6 +205,16 @@ async def suppressed_among(
     return found
 
 
+async def erased(session: AsyncSession, address: str) -> bool:
+    """Whether *address* belongs to a person ``leads erase`` removed: it is
+    suppressed by its keyed HMAC alone (an opt-out keeps the address)."""
+    if not address or await session.scalar(
+        select(Suppression.id).where(Suppression.address == normalize_address(address))
+    ):
+        return False
+    return bool(await suppressed_among(session, [address]))
+
+
 async def add_suppression(
     session: AsyncSession, address: str, *, reason: str, source: str, now: datetime
 ) -> Suppression | None:

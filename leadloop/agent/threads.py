@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadloop.agent.controls import erased
 from leadloop.agent.leads import lead_by_email
 from leadloop.agent.lifecycle import State, create_lead, transition
 from leadloop.agent.pipeline import Done, Next, Outcome, StageContext
@@ -121,6 +122,13 @@ class ThreadStage:
                 return Done(
                     reasons=[*reasons, f"unknown sender {sender}: {why}; held for a person"],
                     updates={"kind": "held"},
+                )
+            if await erased(session, sender or ""):
+                # `leadloop leads erase`: no lead (and no personal data) is
+                # made again for them; their mail is kept, ignored.
+                return Done(
+                    reasons=[*reasons, "the sender's data was erased; no lead is made again"],
+                    updates={"kind": "ignored"},
                 )
             lead = await create_lead(
                 session,

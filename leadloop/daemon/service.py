@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from leadloop import __version__
 from leadloop import config as config_module
 from leadloop.agent.cadence import CadenceSettings, Planner
+from leadloop.agent.controls import ControlError, send_paused, use_privacy_key
 from leadloop.agent.due import run_due
 from leadloop.agent.outbox import OutboxSettings
 from leadloop.agent.pipeline import Pipeline, Stage
@@ -342,6 +343,8 @@ class Service:
         settings = self.loaded.settings
         self.lock.acquire()
         try:
+            # The kept key erased addresses are suppressed by (``leads erase``).
+            use_privacy_key(self.loaded)
             self.db = await open_database(
                 self.loaded.database_url,
                 pool_size=settings.database.pool_size,
@@ -719,6 +722,10 @@ class Service:
             )
         text += f"; queue: {inbound or 0} in, {outbox or 0} out"
         text += f"; paused senders: {', '.join(paused) if paused else 'none'}"
+        async with self.db.sessions() as session:
+            stopped = await send_paused(session)
+        if stopped is not None:
+            text += f"; all sending paused by {stopped.actor}: {stopped.reason}"
         if not self.db.is_sqlite:
             held = await self.claims()
             text += (
@@ -918,7 +925,7 @@ class Service:
         if self.db is None or self.sender is None:
             return
         from leadloop.report.digest import send_due_digests
-        from leadloop.research.job import RESEARCH_JOB, claim_run, run_research
+        from leadloop.research.job import RESEARCH_JOB, RETENTION_JOB, claim_run, run_research
 
         settings = self.loaded.settings
         now = self.clock.now()
@@ -940,6 +947,18 @@ class Service:
         except Exception:
             log.exception("the seller digests failed; will try at the next tick")
             self.metrics.error("digest")
+        try:
+            if settings.privacy.raw_mail_days and await claim_run(
+                self.db, RETENTION_JOB, timedelta(days=1), now
+            ):
+                from leadloop.agent.controls import run_retention
+
+                stripped = await run_retention(self.db, self.loaded, now)
+                log.info("retention stripped=%d messages older than %d days",
+                         stripped, settings.privacy.raw_mail_days)  # fmt: skip
+        except Exception:
+            log.exception("retention failed; will try tomorrow")
+            self.metrics.error("retention")
 
     async def push_events(self) -> None:
         """New events to ``[events] webhook_url`` (its own job: a slow
@@ -1185,6 +1204,11 @@ class Service:
             log.error("reload refused; the running configuration is kept:\n%s", exc.render())
             return False
         loaded = self._keep_restart_only(loaded)
+        try:
+            use_privacy_key(loaded)
+        except (ControlError, OSError) as exc:
+            log.error("reload refused; the running configuration is kept: [privacy]: %s", exc)
+            return False
         self.loaded = loaded
         await self._sync_watchers()
         if self.sender is not None and self.db is not None:
