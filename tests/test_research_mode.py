@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from test_cadence import CADENCE
 from test_cadence_service import Sent, World, text_of, utc, world
 
 from leadloop.research.actions import suggest_for
-from leadloop.storage.models import Account, Lead, OutboundMessage
+from leadloop.storage.models import Account, Lead, OutboundMessage, Task
 
 RESEARCH = (
     CADENCE.replace(
@@ -143,6 +144,36 @@ async def test_research_mode_mails_drafts_to_the_seller_and_never_the_lead(
         [follow_up] = [t for t in texts if "[[" in t] or [texts[-1]]
         assert f"> {asked}\n[[delivery date]]" in follow_up.replace("\r\n", "\n")
         assert await w.state(leads["good@northwind.test"]) == "handed_back"
+
+        # Another lead asks to meet: the draft proposes times, with the .ics.
+        meet = await w.lead("meet@northwind.test", last_name="Meyer", source="web")
+        await w.hour()  # the research cadence takes it (no account: no outreach draft)
+        assert (await w.enrollment(meet)).cadence == "launch"
+        await w.post(question("meet@northwind.test", "Can we book a demo next week?"))
+        await w.hour()
+        await w.hour()
+        assert "meet@northwind.test" not in w.sent
+        [proposal] = [s for s in mailed_drafts(w) if "meet@northwind.test" in s.message["Subject"]]
+        [ics] = [
+            p
+            for p in proposal.message.iter_attachments()
+            if p.get_filename() == "proposed-times.ics"
+        ]
+        assert "BEGIN:VEVENT" in str(ics.get_content())
+
+        # And one asks for something to be done: the research job (every 4
+        # hours) opens a task for its seller, once.
+        await w.post(
+            question("meet@northwind.test", "Please send us a quote for 20 more licences.").replace(
+                b"<q-meet@", b"<q3-meet@"
+            )
+        )
+        await w.run_until(w.clock.now() + timedelta(hours=5))
+        async with w.service.db.sessions() as session:
+            tasks = list(await session.scalars(select(Task).where(Task.lead_id == meet.id)))
+        assert [(t.title, t.owner, t.status) for t in tasks] == [
+            ("Add licences or products", SELLER, "open")
+        ]
 
 
 async def _drafts(server: ImapServer, folder: str) -> list[tuple[set[str], EmailMessage]]:
