@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from conftest import T0
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadloop.agent.leads import import_leads
 from leadloop.agent.lifecycle import State, transition
@@ -29,6 +30,8 @@ from leadloop.channels.base import RawMail
 from leadloop.config import LoadedConfig, ResearchConfig
 from leadloop.daemon.ingest import to_new_inbound
 from leadloop.research.facts import (
+    LeadResearch,
+    MailIndex,
     refresh_research,
     research_lead,
     research_summaries,
@@ -73,12 +76,15 @@ allow_private_addresses = true
 fetch_timeout = "5s"
 """
 
-LEADS = """email,first_name,last_name,company,account_domain,account_name,open_opportunity_value
-ana@buyer.example,Ana,Alves,Buyer Inc,buyer.example,Buyer Inc,12500
-bob@buyer.example,Bob,Brown,Buyer Inc,,,
-zed@gmail.com,Zed,Zeta,,,,
-cy@nocorp.example,Cy,Cole,,,,
-di@nocorp.example,Di,Dunn,,,,
+LEADS = """\
+email,first_name,last_name,company,account_domain,account_name,open_opportunity_value,\
+owner
+ana@buyer.example,Ana,Alves,Buyer Inc,buyer.example,Buyer Inc,12500,tia@acme.example
+bob@buyer.example,Bob,Brown,Buyer Inc,,,,tia@acme.example
+zed@gmail.com,Zed,Zeta,,,,,tia@acme.example
+cy@nocorp.example,Cy,Cole,,,,,sam@acme.example
+di@nocorp.example,Di,Dunn,,,,,sam@acme.example
+eve@unowned.example,Eve,Ezra,,,,,
 """
 _n = itertools.count(1)
 
@@ -91,7 +97,7 @@ async def load(db: Database, tmp_path: Path) -> dict[str, Lead]:
     path = tmp_path / "leads.csv"
     path.write_text(LEADS)
     report = await import_leads(db, path, at(1))
-    assert (report.created, report.rejected) == (5, [])
+    assert (report.created, report.rejected) == (6, [])
     async with db.transaction() as session:
         return {lead.email.split("@")[0]: lead for lead in await session.scalars(select(Lead))}
 
@@ -214,8 +220,18 @@ async def world(
     return db, loaded, leads
 
 
+async def researched(
+    session: AsyncSession, lead: Lead, loaded: LoadedConfig, now: datetime, indexed: bool
+) -> LeadResearch:
+    """One lead's research the way ``research_lead`` alone reads it (SQL
+    narrowed to the lead), or the way a refresh does (the run's MailIndex)."""
+    index = await MailIndex.load(session) if indexed else None
+    return await research_lead(session, lead, loaded, now, index=index)
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["scoped", "indexed"])
 async def test_facts_of_a_lead_at_an_account(
-    world: tuple[Database, LoadedConfig, dict[str, Lead]],
+    world: tuple[Database, LoadedConfig, dict[str, Lead]], indexed: bool
 ) -> None:
     """Who knows Ana (from From/To/Cc and the sent outbox, most recent first),
     the other lead and contact at her account, the conversation so far, the
@@ -223,7 +239,7 @@ async def test_facts_of_a_lead_at_an_account(
     db, loaded, leads = world
     now = at(25)
     async with db.transaction() as session:
-        research = await research_lead(session, leads["ana"], loaded, now)
+        research = await researched(session, leads["ana"], loaded, now, indexed)
 
     assert [(c.address, c.name, c.role, c.messages, c.last_at) for c in research.colleagues] == [
         # Ana's mail of the 20th (To, Cc); Tia's to Bob on the 18th (Cc), Ana's
@@ -265,16 +281,17 @@ async def test_facts_of_a_lead_at_an_account(
     assert "Tia Trader <tia@acme.example> (2 mails, last 2026-02-20)" in lines[2]
 
 
+@pytest.mark.parametrize("indexed", [False, True], ids=["scoped", "indexed"])
 async def test_free_mail_and_domain_without_account(
-    world: tuple[Database, LoadedConfig, dict[str, Lead]],
+    world: tuple[Database, LoadedConfig, dict[str, Lead]], indexed: bool
 ) -> None:
     """At gmail.com only the lead's own mail counts (a stranger there is no
     contact, no colleague of theirs); leads at one domain without an account
     are each other's account leads."""
     db, loaded, leads = world
     async with db.transaction() as session:
-        zed = await research_lead(session, leads["zed"], loaded, at(25))
-        cy = await research_lead(session, leads["cy"], loaded, at(25))
+        zed = await researched(session, leads["zed"], loaded, at(25), indexed)
+        cy = await researched(session, leads["cy"], loaded, at(25), indexed)
     assert zed.domain is None
     assert [(c.address, c.messages) for c in zed.colleagues] == [("sales@acme.example", 1)]
     assert (zed.contacts, zed.other_leads, zed.account_lead_count) == ((), (), 1)
@@ -292,7 +309,8 @@ async def test_free_mail_and_domain_without_account(
 async def test_refresh_stores_one_row_per_open_lead(
     world: tuple[Database, LoadedConfig, dict[str, Lead]],
 ) -> None:
-    """The job stores each open lead's summary once (a closed lead gets none),
+    """The job stores each open, owned lead's summary once (a closed lead and
+    one no seller owns get none),
     keeps it within `refresh`, and recomputes it after; the website overview
     is shown only while outside research is on."""
     db, loaded, leads = world

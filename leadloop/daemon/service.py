@@ -537,6 +537,9 @@ class Service:
             )
 
         every(tick, self.bell, "bell")
+        # Its own job: a research run over thousands of leads (a minute or
+        # more, once a day; bench/research.py) never holds up the bell.
+        every(tick, self.periodic_jobs, "periodic")
         if self.pusher is not None:
             every(tick, self.push_events, "events")
         if settings.service.watch_config:
@@ -883,7 +886,6 @@ class Service:
         await self.plan_touches()
         await self.mail_alerts()
         await self.weekly_summary()
-        await self.periodic_jobs()
         self.wake.set()
 
     async def mail_alerts(self) -> None:

@@ -326,12 +326,95 @@ def _recipients(headers: dict[str, Any]) -> list[str]:
     return _addresses([*(headers.get("to") or []), *(headers.get("cc") or [])])
 
 
-async def _exchanges(
-    session: AsyncSession, scope: _Scope, directory: Directory, boxes: dict[int, str]
-) -> _Exchanges:
-    """Mail between our people and the scope, from the stored inbound rows
-    (their From and the To/Cc kept in ``headers``) and the sent outbox."""
-    found = _Exchanges()
+@dataclass(frozen=True)
+class _Mail:
+    """One stored mail as who-knows-whom sees it."""
+
+    inbound: bool
+    mailbox_id: int | None
+    author: str
+    """Inbound: the From; outbound: empty (the mailbox sent it)."""
+    recipients: tuple[str, ...]
+    when: datetime
+
+
+def _inbound_mail(
+    mailbox_id: int, from_addr: str | None, headers: Any, sent_at: Any, received_at: Any
+) -> _Mail:
+    return _Mail(
+        True,
+        mailbox_id,
+        (from_addr or "").lower(),
+        tuple(_recipients(headers or {})),
+        sent_at or received_at,
+    )
+
+
+def _outbound_mail(mailbox_id: int | None, to_addrs: Any, sent_at: datetime) -> _Mail:
+    return _Mail(False, mailbox_id, "", tuple(a.lower() for a in to_addrs or []), sent_at)
+
+
+_INBOUND_COLUMNS = (
+    InboundMessage.mailbox_id,
+    InboundMessage.from_addr,
+    InboundMessage.headers,
+    InboundMessage.sent_at,
+    InboundMessage.received_at,
+)
+_INBOUND_COUNTED = (
+    InboundMessage.duplicate_of.is_(None),
+    or_(InboundMessage.kind.is_(None), InboundMessage.kind != "bounce"),
+)
+_OUTBOUND_COUNTED = (
+    OutboundMessage.status == "sent",
+    OutboundMessage.kind.in_(LEAD_MAIL_KINDS),
+    OutboundMessage.sent_at.is_not(None),
+)
+
+
+class MailIndex:
+    """Every stored mail's people, read in one pass over the inbound and the
+    sent mail, so each lead's who-knows-whom is a lookup: a refresh over N
+    leads and M mails costs O(N + M) instead of two table scans per lead
+    (``bench/research.py``).  Keyed by address and by ``@domain``."""
+
+    def __init__(self) -> None:
+        self._by: dict[str, list[_Mail]] = {}
+
+    def add(self, mail: _Mail) -> None:
+        keys: set[str] = set()
+        for address in (mail.author, *mail.recipients):
+            if "@" in address:
+                keys.update((address, "@" + address.rsplit("@", 1)[1]))
+        for key in keys:
+            self._by.setdefault(key, []).append(mail)
+
+    @classmethod
+    async def load(cls, session: AsyncSession) -> MailIndex:
+        index = cls()
+        inbound = await session.execute(select(*_INBOUND_COLUMNS).where(*_INBOUND_COUNTED))
+        for row in inbound:
+            index.add(_inbound_mail(*row))
+        outbound = await session.execute(
+            select(
+                OutboundMessage.mailbox_id, OutboundMessage.to_addrs, OutboundMessage.sent_at
+            ).where(*_OUTBOUND_COUNTED)
+        )
+        for mailbox_id, to_addrs, sent_at in outbound:
+            if sent_at is not None:
+                index.add(_outbound_mail(mailbox_id, to_addrs, sent_at))
+        return index
+
+    def around(self, scope: _Scope) -> list[_Mail]:
+        """The mails anyone in *scope* took part in (each once)."""
+        found = {id(m): m for m in self._by.get(scope.email, ())}
+        if scope.domain:
+            found.update((id(m), m) for m in self._by.get("@" + scope.domain, ()))
+        return list(found.values())
+
+
+async def _scoped_mail(session: AsyncSession, scope: _Scope, directory: Directory) -> list[_Mail]:
+    """The mails that may involve *scope*, narrowed in SQL (one lead's research)."""
     sender = func.lower(InboundMessage.from_addr)
     wanted = [sender == scope.email, sender.like(f"%{scope.needle}")]
     ours = [sender.like(f"%@{domain}") for domain in directory.domains]
@@ -343,54 +426,55 @@ async def _exchanges(
         headers_text = func.lower(cast(InboundMessage.headers, Text))
         wanted.append(or_(*ours) & headers_text.like(f"%{scope.needle}%"))
     inbound = await session.execute(
-        select(
-            InboundMessage.mailbox_id,
-            InboundMessage.from_addr,
-            InboundMessage.headers,
-            InboundMessage.sent_at,
-            InboundMessage.received_at,
-        ).where(
-            InboundMessage.duplicate_of.is_(None),
-            or_(InboundMessage.kind.is_(None), InboundMessage.kind != "bounce"),
-            or_(*wanted),
+        select(*_INBOUND_COLUMNS).where(*_INBOUND_COUNTED, or_(*wanted))
+    )
+    mails = [_inbound_mail(*row) for row in inbound]
+    outbound = await session.execute(
+        select(OutboundMessage.mailbox_id, OutboundMessage.to_addrs, OutboundMessage.sent_at).where(
+            *_OUTBOUND_COUNTED,
+            func.lower(cast(OutboundMessage.to_addrs, Text)).like(f"%{scope.needle}%"),
         )
     )
-    for mailbox_id, from_addr, headers, sent_at, received_at in inbound:
-        when = sent_at or received_at
-        author = (from_addr or "").lower()
-        recipients = _recipients(headers or {})
+    mails += [_outbound_mail(m, to, at) for m, to, at in outbound if at is not None]
+    return mails
+
+
+async def _exchanges(
+    session: AsyncSession,
+    scope: _Scope,
+    directory: Directory,
+    boxes: dict[int, str],
+    index: MailIndex | None = None,
+) -> _Exchanges:
+    """Mail between our people and the scope, from the stored inbound rows
+    (their From and the To/Cc kept in ``headers``) and the sent outbox."""
+    found = _Exchanges()
+    mails = (
+        index.around(scope) if index is not None else await _scoped_mail(session, scope, directory)
+    )
+    for mail in mails:
+        when, author, recipients = mail.when, mail.author, mail.recipients
         in_scope = [a for a in recipients if scope.holds(a)]
+        if not mail.inbound:
+            if not in_scope:
+                continue
+            senders = [a for a in recipients if directory.knows(a)]
+            if mail.mailbox_id in boxes:
+                senders.append(boxes[mail.mailbox_id])
+            found.credit(found.colleagues, senders, when)
+            found.credit(found.people, in_scope, when)
+            continue
         colleagues = [a for a in recipients if directory.knows(a)]
         if scope.holds(author):
             # Delivered to one of our mailboxes: if no colleague is named in
             # To/Cc (a Bcc, an alias), the mailbox that received it knew them.
-            if not colleagues and mailbox_id in boxes:
-                colleagues = [boxes[mailbox_id]]
+            if not colleagues and mail.mailbox_id in boxes:
+                colleagues = [boxes[mail.mailbox_id]]
             found.credit(found.colleagues, colleagues, when)
             found.credit(found.people, [author, *in_scope], when)
         elif directory.knows(author) and in_scope:
             found.credit(found.colleagues, [author, *colleagues], when)
             found.credit(found.people, in_scope, when)
-    outbound = await session.execute(
-        select(OutboundMessage.mailbox_id, OutboundMessage.to_addrs, OutboundMessage.sent_at).where(
-            OutboundMessage.status == "sent",
-            OutboundMessage.kind.in_(LEAD_MAIL_KINDS),
-            OutboundMessage.sent_at.is_not(None),
-            func.lower(cast(OutboundMessage.to_addrs, Text)).like(f"%{scope.needle}%"),
-        )
-    )
-    for mailbox_id, to_addrs, sent_at in outbound:
-        if sent_at is None:
-            continue
-        recipients = [a.lower() for a in to_addrs or []]
-        in_scope = [a for a in recipients if scope.holds(a)]
-        if not in_scope:
-            continue
-        senders = [a for a in recipients if directory.knows(a)]
-        if mailbox_id in boxes:
-            senders.append(boxes[mailbox_id])
-        found.credit(found.colleagues, senders, sent_at)
-        found.credit(found.people, in_scope, sent_at)
     return found
 
 
@@ -493,7 +577,12 @@ async def _cached_overview(session: AsyncSession, domain: str) -> WebsiteOvervie
 
 
 async def research_lead(
-    session: AsyncSession, lead: Lead, loaded_config: LoadedConfig, now: datetime
+    session: AsyncSession,
+    lead: Lead,
+    loaded_config: LoadedConfig,
+    now: datetime,
+    *,
+    index: MailIndex | None = None,
 ) -> LeadResearch:
     """What the system knows about *lead* (reads only; see :func:`save_research`).
 
@@ -513,7 +602,7 @@ async def research_lead(
     scope_domain = None if is_personal_domain(address_domain) else address_domain
     if account is not None:
         scope_domain = account.domain.lower()
-    found = await _exchanges(session, _Scope(email, scope_domain), directory, boxes)
+    found = await _exchanges(session, _Scope(email, scope_domain), directory, boxes, index)
     colleagues = tuple(
         Colleague(address, *directory.who(address), messages, last_at)
         for address, messages, last_at in _recent_first(found.colleagues)
@@ -659,7 +748,7 @@ async def refresh_research(
     *,
     provider_factory: Callable[[LoadedConfig], ResearchProvider] | None = None,
 ) -> RefreshReport:
-    """Bring every open lead's research up to date: the website of each
+    """Bring every open, owned lead's research up to date: the website of each
     company domain (only with ``[research] outside``; each domain once per
     run, at most :data:`WEBSITE_CONCURRENCY` at a time), then each lead
     whose stored research is missing, older than ``[research] refresh``, or
@@ -673,7 +762,9 @@ async def refresh_research(
             await session.execute(
                 select(Lead.id, Lead.email, Account.domain)
                 .outerjoin(Account, Account.id == Lead.account_id)
-                .where(Lead.state.not_in([s.value for s in CLOSED_STATES]))
+                # Seed 003: open leads owned by a seller (a research-mode
+                # lead gets one when routed); nobody reads the others' notes.
+                .where(Lead.state.not_in([s.value for s in CLOSED_STATES]), Lead.owner.is_not(None))
                 .order_by(Lead.id)
             )
         ).all()
@@ -706,6 +797,7 @@ async def refresh_research(
                 await _fetch_websites(db, provider, stale, now, report)
                 website_at.update({domain: now for domain in stale})
 
+    index: MailIndex | None = None
     for lead_id, _email, _account in leads:
         at = stored.get((INTERNAL, lead_subject(lead_id)))
         lead_domain = domains[lead_id]
@@ -720,7 +812,10 @@ async def refresh_research(
                 lead = await session.get(Lead, lead_id)
                 if lead is None:
                     continue
-                await save_research(session, await research_lead(session, lead, loaded, now))
+                if index is None:  # read once per run, when a lead needs it
+                    index = await MailIndex.load(session)
+                found = await research_lead(session, lead, loaded, now, index=index)
+                await save_research(session, found)
             report.leads += 1
         except Exception as exc:  # one lead's failure must not stop the others
             log.exception("lead=%s research failed", lead_id)
