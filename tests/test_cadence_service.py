@@ -102,6 +102,14 @@ class World:
         found = re.findall(r"https://links\.acme\.example/t/(\S+)", text)
         return [open_click(keys, token, self.clock.now())[2] for token in found]
 
+    def notices(self, address: str) -> list[EmailMessage]:
+        """What *address* (staff) got, the daily seller digest left out."""
+        return [
+            s.message
+            for s in self.sent[address]
+            if not str(s.message["Subject"]).startswith("Your leads for ")
+        ]
+
     def times(self, address: str) -> list[datetime]:
         return [s.at for s in self.sent[address]]
 

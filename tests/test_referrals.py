@@ -76,7 +76,7 @@ async def test_referrals_create_contacts_and_start_threads_only_when_trusted(
         # Every referrer is thanked, and the owner hears of each referral.
         for referrer in (kim, lee, sam):
             assert len(w.sent[referrer.email]) == 2
-        told = [m.message for m in w.sent["ann@acme.example"]]
+        told = w.notices("ann@acme.example")
         assert len(told) == 3
         assert any("not in the account's domain" in text_of(m) for m in told)
         assert any("did not pass DMARC" in text_of(m) for m in told)

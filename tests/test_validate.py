@@ -99,5 +99,5 @@ supervisors = ["boss@acme.example"]
         [checked] = await w.events("lead.validated", bad)
         assert checked.data["status"] == "invalid" and "null MX" in checked.reasons[0]
         # The owner hears of it.
-        [notice] = [s.message for s in w.sent["ann@acme.example"]]
+        [notice] = w.notices("ann@acme.example")
         assert "Over to you" in str(notice["Subject"]) and "null MX" in str(notice.get_body())

@@ -19,7 +19,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -107,15 +107,7 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | Non
     if box.kind == "exchange":
         return build_exchange_inbox(box, loaded, alert)
     assert box.host is not None and box.username is not None
-    source = secret_source(loaded, box, alert=alert)
-
-    async def secret() -> str:
-        # The password, a static token, or a current OAuth2 access token.
-        value = await source()
-        if value is None:
-            raise AuthError(f"mailbox {box.name} has no password or token")
-        return value
-
+    secret = _mailbox_secret(box, loaded, alert)
     settings = ImapSettings(
         host=box.host,
         port=box.imap_port,
@@ -134,21 +126,29 @@ def build_inbox(box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | Non
     return ImapInbox(box.name, settings, secret)
 
 
+def _mailbox_secret(
+    box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | None
+) -> Callable[[], Awaitable[str]]:
+    """The mailbox's password (IMAP, NTLM, basic), static token or current
+    OAuth2 access token, fetched at each login."""
+    source = secret_source(loaded, box, alert=alert)
+
+    async def secret() -> str:
+        value = await source()
+        if value is None:
+            raise AuthError(f"mailbox {box.name} has no password or token")
+        return value
+
+    return secret
+
+
 def build_exchange_inbox(
     box: MailboxConfig, loaded: LoadedConfig, alert: AlertHook | None = None
 ) -> ExchangeInbox:
     """An Exchange mailbox over EWS; its inbox and its transport share one
     session (one semaphore and throttle gate) per event loop."""
     assert box.ews_url is not None and box.username is not None
-    source = secret_source(loaded, box, alert=alert)
-
-    async def secret() -> str:
-        # The password (ntlm, basic), a static token or a current OAuth2 token.
-        value = await source()
-        if value is None:
-            raise AuthError(f"mailbox {box.name} has no password or token")
-        return value
-
+    secret = _mailbox_secret(box, loaded, alert)
     settings = ExchangeSettings(
         url=box.ews_url,
         address=box.address,
