@@ -6,7 +6,10 @@ The issue's targets there (unsupported recall >= 0.95, precision >= 0.90) are
 not met by this lexical check yet: ``test_the_issue_targets`` is a strict
 xfail that turns red the day they are, and ``test_no_regression`` holds the
 figures measured now.  ``dev*.jsonl`` are the sets the check was tuned on
-(dev4 was scored once, after tuning, as a second held-out measure)."""
+(dev4 was scored once, after tuning, as a second held-out measure).
+``dev5.jsonl`` (241 sentences by a writer who saw no checker code and no
+earlier rows) measured 0.664 / 0.764 before any tuning on it: the test set's
+figures flatter the lexical check on unseen writing."""
 
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ def score(name: str) -> tuple[float, float]:
         ("dev2.jsonl", 0.95, 0.91),  # 0.964 / 0.922
         ("dev3.jsonl", 0.96, 0.92),  # 0.977 / 0.925
         ("dev4.jsonl", 0.92, 0.75),  # 0.929 / 0.752
+        ("dev5.jsonl", 0.66, 0.76),  # 0.664 / 0.764: a fresh writer, scored before any tuning
     ],
 )
 def test_no_regression(name: str, recall: float, precision: float) -> None:
