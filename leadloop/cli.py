@@ -94,6 +94,13 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO) ->
 # -- commands ------------------------------------------------------------------
 
 
+def default_actor() -> str:
+    """``admin:<OS user>``, as the controls record who ran a command."""
+    from leadloop.agent.controls import default_actor as who
+
+    return who()
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     loaded = _load(args)
     print(f"{loaded.file}: OK")
@@ -169,7 +176,7 @@ def cmd_leads_import(args: argparse.Namespace) -> int:
                 db,
                 Path(args.file),
                 SystemClock().now(),
-                actor="admin:cli",
+                actor=default_actor(),
                 progress=_progress(1000),
             )
         _print_report(report.as_dict(), args.json)
@@ -349,7 +356,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(json.dumps(detail, indent=2))
                 return EXIT_OK
             try:
-                await retry_quarantined(db, SystemClock(), args.id, actor="admin:cli")
+                await retry_quarantined(db, SystemClock(), args.id, actor=default_actor())
             except (LookupError, ValueError) as exc:
                 print(str(exc), file=sys.stderr)
                 return EXIT_FAILURE
@@ -495,7 +502,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             operation = outbox.release if args.action == "release" else outbox.cancel
             try:
                 async with db.transaction() as session:
-                    await operation(session, args.id, actor="admin:cli", now=SystemClock().now())
+                    await operation(
+                        session, args.id, actor=default_actor(), now=SystemClock().now()
+                    )
             except outbox.OperatorError as exc:
                 print(str(exc), file=sys.stderr)
                 return EXIT_FAILURE
