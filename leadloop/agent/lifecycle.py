@@ -119,7 +119,7 @@ async def transition(
     """Move *lead* to *target*, or raise :class:`InvalidTransition`.
 
     *actor* says who (``pipeline.screen``, ``staff:ann@acme.example``,
-    ``admin:cli``), *reason* why.  Pausing keeps the state to return to and
+    ``admin:ann``), *reason* why.  Pausing keeps the state to return to and
     the optional *until*; leaving ``paused`` clears them.
     """
     target = State(target)
