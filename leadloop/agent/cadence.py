@@ -46,7 +46,7 @@ from leadloop.agent.sendtime import (
     next_window_start,
     plan_touch,
 )
-from leadloop.agent.staff import Staff, disqualify, escalate, evidence, is_hard, notify_owner
+from leadloop.agent.staff import Staff, escalate, is_hard, notify_owner
 from leadloop.config import (
     INSIGHT,
     MERGE_FIELD_PATTERN,
@@ -921,24 +921,9 @@ class Planner:
         """Research mode, before the outreach draft: the seed's routing (ICP
         low: disqualified, the supervisors told; else the lead's seller) and
         its conditions for an initial-outreach draft.  False ends the plan."""
-        icp = self.staff.icp if self.staff is not None else ()
-        fit = (await evidence(session, lead, icp)).fit
-        if fit.band == "low":
-            reasons = ["research mode: ICP fit low", fit.reason]
-            if self.staff is not None:
-                await disqualify(session, self.staff, lead, reasons=reasons, now=now, actor=ACTOR)
-            elif can_transition(lead, State.DISQUALIFIED):
-                await transition(
-                    session, lead, State.DISQUALIFIED, actor=ACTOR, reason=reasons[1], now=now
-                )
-            _end(enrollment, "stopped", "; ".join(reasons), now)
-            return False
-        try:
-            await drafting.seller_of(session, self.send.drafting, lead, now)
-        except LookupError as exc:
-            _end(enrollment, "stopped", str(exc), now)
-            repo.add_event(session, "research.skipped", actor=ACTOR, now=now, lead_id=lead.id,
-                           reasons=[str(exc)])  # fmt: skip
+        why_not = await drafting.route(session, self.send.drafting, self.staff, lead, now)
+        if why_not is not None:
+            _end(enrollment, "stopped", why_not, now)
             return False
         blockers = await drafting.outreach_blockers(session, lead, now)
         if blockers:

@@ -34,6 +34,7 @@ from leadloop.storage.models import CadenceEnrollment, Lead
 
 if TYPE_CHECKING:
     from leadloop.agent.outbox import Draft
+    from leadloop.agent.staff import Staff
     from leadloop.config import LoadedConfig
 
 ACTOR = "agent:research"
@@ -125,6 +126,34 @@ async def seller_of(session: AsyncSession, drafting: Drafting, lead: Lead, now: 
         reasons=[f"research mode: drafts for this lead go to {seller}"],
     )
     return seller
+
+
+async def route(
+    session: AsyncSession, drafting: Drafting, staff: Staff | None, lead: Lead, now: datetime
+) -> str | None:
+    """Seed 001's routing of a research-mode lead: ICP fit low ->
+    ``disqualified`` and the supervisors told; otherwise its seller (see
+    :func:`seller_of`).  None when the lead has its seller, else why not."""
+    from leadloop.agent.lifecycle import State, can_transition, transition
+    from leadloop.agent.staff import disqualify, evidence
+
+    fit = (await evidence(session, lead, staff.icp if staff is not None else ())).fit
+    if fit.band == "low":
+        reasons = ["research mode: ICP fit low", fit.reason]
+        if staff is not None:
+            await disqualify(session, staff, lead, reasons=reasons, now=now, actor=ACTOR)
+        elif can_transition(lead, State.DISQUALIFIED):
+            await transition(
+                session, lead, State.DISQUALIFIED, actor=ACTOR, reason=fit.reason, now=now
+            )
+        return "; ".join(reasons)
+    try:
+        await seller_of(session, drafting, lead, now)
+    except LookupError as exc:
+        repo.add_event(session, "research.skipped", actor=ACTOR, now=now, lead_id=lead.id,
+                       reasons=[str(exc)])  # fmt: skip
+        return str(exc)
+    return None
 
 
 def draft_text(draft: Draft, lead: Lead, why: str) -> str:

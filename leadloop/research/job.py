@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from leadloop.agent import drafting
 from leadloop.agent.lifecycle import SENDING_STATES, State
-from leadloop.agent.staff import Staff, disqualify, evidence
+from leadloop.agent.staff import Staff
 from leadloop.config import LoadedConfig
 from leadloop.research.actions import gather_facts, open_task, suggest
 from leadloop.storage.db import Database
@@ -86,9 +86,7 @@ class ResearchRun:
         )
 
 
-async def research_leads(
-    db: Database, loaded: LoadedConfig, settings: drafting.Drafting, batch: int = BATCH
-) -> list[int]:
+async def research_leads(db: Database, settings: drafting.Drafting) -> list[int]:
     """The open leads in research mode, by id."""
     if not settings.anywhere:
         return []
@@ -114,7 +112,7 @@ async def run_research(
 
     run = ResearchRun()
     settings = staff.send.drafting
-    ids = await research_leads(db, loaded, settings)
+    ids = await research_leads(db, settings)
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
         async with db.transaction() as session:
@@ -122,17 +120,13 @@ async def run_research(
             for lead in leads:
                 if lead.owner or lead.state not in SENDING_STATES:
                     continue
-                fit = (await evidence(session, lead, staff.icp)).fit
-                if fit.band == "low":
-                    reasons = ["research mode: ICP fit low", fit.reason]
-                    await disqualify(session, staff, lead, reasons=reasons, now=now, actor=ACTOR)
-                    run.disqualified += 1
-                    continue
-                try:
-                    await drafting.seller_of(session, settings, lead, now)
+                why_not = await drafting.route(session, settings, staff, lead, now)
+                if why_not is None:
                     run.routed += 1
-                except LookupError as exc:
-                    log.warning("lead=%d not routed: %s", lead.id, exc)
+                elif lead.state == State.DISQUALIFIED:
+                    run.disqualified += 1
+                else:
+                    log.warning("lead=%d not routed: %s", lead.id, why_not)
             facts = await gather_facts(session, leads, now)
             for lead in leads:
                 found = facts.get(lead.id)
