@@ -5,10 +5,15 @@ separate writers who never saw the guardrail code (tests/fixtures/guardrails).
 The issue's targets there (unsupported recall >= 0.95, precision >= 0.90) are
 not met by this lexical check yet: ``test_the_issue_targets`` is a strict
 xfail that turns red the day they are, and ``test_no_regression`` holds the
-figures measured now.  ``dev*.jsonl`` are the sets the check was tuned on
-(dev4 was scored once, after tuning, as a second held-out measure).
-``dev5.jsonl`` (241 sentences by a writer who saw no checker code and no
-earlier rows) measured 0.664 / 0.764 before any tuning on it: the test set's
+figures measured now (floors are the measured figures cut to three places).
+``dev*.jsonl`` are the sets the check was tuned on (dev4 was scored once,
+after tuning, as a second held-out measure, then tuned on: 0.929 / 0.752 ->
+0.969 / 0.766).  ``dev5.jsonl`` (241 sentences by a writer who saw no
+checker code and no earlier rows) measured 0.664 / 0.764 before any tuning
+on it; it now measures 0.705 / 0.782 with rules written before it existed
+(one-time vs recurring prices and billing, a range flattened to one end,
+"helps prepare the audit" made certified, clock times), kept because they
+raised it, not tuned on its rows.  The test set stays at 0.903 / 0.886: its
 figures flatter the lexical check on unseen writing."""
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ def score(name: str) -> tuple[float, float]:
 @pytest.mark.parametrize(
     ("name", "recall", "precision"),
     [
-        ("sentences.jsonl", 0.90, 0.88),  # measured 0.903 / 0.886
-        ("dev.jsonl", 0.98, 0.92),  # 1.000 / 0.926
-        ("dev2.jsonl", 0.95, 0.91),  # 0.964 / 0.922
-        ("dev3.jsonl", 0.96, 0.92),  # 0.977 / 0.925
-        ("dev4.jsonl", 0.92, 0.75),  # 0.929 / 0.752
-        ("dev5.jsonl", 0.66, 0.76),  # 0.664 / 0.764: a fresh writer, scored before any tuning
+        ("sentences.jsonl", 0.902, 0.885),  # measured 0.903 / 0.886 (93/103, 93/105)
+        ("dev.jsonl", 1.000, 0.926),  # 1.000 / 0.926
+        ("dev2.jsonl", 0.963, 0.921),  # 0.964 / 0.922
+        ("dev3.jsonl", 0.977, 0.924),  # 0.977 / 0.925
+        ("dev4.jsonl", 0.969, 0.766),  # 0.969 / 0.766
+        ("dev5.jsonl", 0.704, 0.781),  # 0.705 / 0.782: a fresh writer (0.664 / 0.764 before)
     ],
 )
 def test_no_regression(name: str, recall: float, precision: float) -> None:

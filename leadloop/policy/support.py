@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -267,6 +267,8 @@ def _spell_numbers(text: str, language: str) -> str:
     )
     with contextlib.suppress(ValueError, KeyError):  # a language text2num does not know
         text = alpha2digit(text, language if language in _STEMMERS else "en", threshold=0)
+    for clock, to_24h in _CLOCK_TIMES:
+        text = re.sub(clock, to_24h, text, flags=re.I)
     idioms = (
         (r"\b(?:a|one|1)\s+quarter\s+of\s+an\s+hour|\bune?\s+quart\s+d['’]heure", "15 minutes"),
         (r"\b(\d+)\s+quarters\s+of\s+an\s+hour", lambda m: f"{int(m[1]) * 15} minutes"),
@@ -305,6 +307,21 @@ def _spell_numbers(text: str, language: str) -> str:
     for pattern, replacement in idioms:
         text = re.sub(pattern, replacement, text, flags=re.I)
     return text
+
+
+_CLOCK_PM = (
+    r"p\.?\s?m\.?|in\s+the\s+(?:afternoon|evening)|de\s+la\s+(?:tarde|noche)|du\s+soir|"
+    r"de\s+l['’]après-midi|abends|nachmittags"
+)
+_CLOCK_AM = r"a\.?\s?m\.?|in\s+the\s+morning|de\s+la\s+mañana|du\s+matin|morgens|vormittags"
+# Clock times, once numbers are digits: "7 p.m." / "sieben Uhr abends" /
+# "7 de la tarde" are 19:00.
+_CLOCK_TIMES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
+    (rf"\b(\d{{1,2}})(?:[:.h]00)?\s*(?:h\s+|uhr\s+)?(?:{_CLOCK_PM})(?![\w])",
+     lambda m: f"{int(m[1]) + 12 if int(m[1]) < 12 else int(m[1])}:00"),
+    (rf"\b(\d{{1,2}})(?:[:.h]00)?\s*(?:h\s+|uhr\s+)?(?:{_CLOCK_AM})(?![\w])",
+     lambda m: f"{int(m[1])}:00"),
+)  # fmt: skip
 
 
 def _per_time(times: str, unit: str) -> float:
@@ -762,6 +779,14 @@ def check_sentence(
     billed, passage_billed = _billing(own_text), _billing(cited)
     if billed and passage_billed and not billed & passage_billed:
         reasons.append(f"it bills {'/'.join(sorted(billed))}; the passage bills otherwise")
+    # "$600 once" must not become "$600 a year", nor "$79 billed annually" "month-to-month".
+    term = _price_term_changed(own_text, cited)
+    if term:
+        reasons.append(term)
+    # "Typically 10-20 %" must not become a flat "20 %".
+    flattened = _flattens_a_range(own_text, cited)
+    if flattened:
+        reasons.append(f"it states {flattened:g}, one end of the passage's range, as a flat figure")
     # Offers: a discount or a free period no passage makes.
     if _DISCOUNT.search(own_text) and not _DISCOUNT.search(cited):
         reasons.append(f"'{_DISCOUNT.search(own_text)[0]}' offers what no passage offers")  # type: ignore[index]
@@ -888,13 +913,21 @@ _HELPS = re.compile(
 )
 
 
+# What one prepares for on the way to a certificate: helping with it is no certificate.
+_AUDIT = re.compile(r"\b(?:audit\w*|prüfung\w*|auditoría\w*|zertifizierungsaudit\w*)\b", re.I)
+
+
 def _claims_compliance_it_helps_with(sentence: str, cited: str, language: str) -> bool:
     """The passages say the product helps with compliance or a
     certification; the sentence says it delivers that same one."""
-    helped = [c for c in _clauses(cited) if _COMPLIANCE.search(c) and _HELPS.search(c)]
+    helped = [
+        c
+        for c in _clauses(cited)
+        if (_COMPLIANCE.search(c) or _AUDIT.search(c)) and _HELPS.search(c)
+    ]
     if not helped:
         return False
-    about = _stems_of([_COMPLIANCE.sub(" ", c) for c in helped], language)
+    about = _stems_of([_AUDIT.sub(" ", _COMPLIANCE.sub(" ", c)) for c in helped], language)
     return any(
         _COMPLIANCE.search(clause)
         and not _HELPS.search(clause)
@@ -1044,3 +1077,96 @@ def _drops_a_hedge(sentence: str, cited: str) -> bool:
         if spans and (round(spans[0][0], 4), spans[0][1]) in said:
             return True
     return False
+
+
+_ONCE = re.compile(
+    r"\b(?:once|one[\s-]time|one[\s-]off|single\s+payment|upfront|up-front|einmalig\w*|"
+    r"une\s+(?:seule\s+)?fois|unique|(?:una\s+)?(?:sola\s+)?vez|pago\s+único|únic[oa])\b",
+    re.I,
+)
+_BILLED_AS = re.compile(
+    r"\b(?:month[\s-]to[\s-]month|mes\s+a\s+mes|de\s+mois\s+en\s+mois|monatlich\s+kündbar)\b|"
+    + _BILLING.pattern,
+    re.I,
+)
+_PRICE_BOUNDARY = re.compile(r"[;.!?]\s|[;!?]$|,\s*(?:or|oder|ou|o)\b|\bor\b|\boder\b|\bou\b")
+
+
+def _price_terms(prepared: str) -> dict[float, tuple[set[str], set[str]]]:
+    """Each price with how often it is paid ("once", "month", "year") and
+    how it is billed, from the words around it up to the next figure."""
+    folded = prepared.lower()
+    spans = _number_spans(prepared)
+    found: dict[float, tuple[set[str], set[str]]] = {}
+    for index, (value, kind, end) in enumerate(spans):
+        if kind != "money":
+            continue
+        stop = spans[index + 1][2] - 1 if index + 1 < len(spans) else len(folded)
+        after = folded[end : min(stop, end + 60)]
+        if (boundary := _PRICE_BOUNDARY.search(after)) is not None:
+            after = after[: boundary.start()]
+        start = spans[index - 1][2] if index else 0
+        before = folded[max(start, end - 50) : end]
+        before = re.split(r"[;.!?]\s|,\s", before)[-1]
+        periods, billing = found.setdefault(round(value, 4), (set(), set()))
+        window = f"{before} {after}"
+        if _ONCE.search(window):
+            periods.add("once")
+        periods |= {_PERIODS[w] for w in _words(after) if w in _PERIODS and w != "an"}
+        for match in _BILLED_AS.finditer(window):
+            said = match.group(0).lower()
+            billing.add("month" if re.search(r"mon|mes|mois", said) else "year")
+    return found
+
+
+def _price_term_changed(sentence: str, cited: str) -> str | None:
+    """A price the passages give as paid once is said to recur (or the
+    reverse), or billed another way than the passage bills that price."""
+    given = _price_terms(cited)
+    for value, (periods, billing) in _price_terms(sentence).items():
+        if value not in given:
+            continue
+        their_periods, their_billing = given[value]
+        if "once" in their_periods and not their_periods - {"once"} and periods - {"once"}:
+            return f"it makes the one-time price {value:g} recurring"
+        if periods == {"once"} and their_periods and "once" not in their_periods:
+            return f"it makes the recurring price {value:g} one-time"
+        if billing and their_billing and not billing & their_billing:
+            return f"it bills the price {value:g} otherwise than the passage"
+    return None
+
+
+def _flattens_a_range(sentence: str, cited: str) -> float | None:
+    """The sentence gives one end of a range in the passages ("10-20 %")
+    as a flat figure, without the other end or a hedge."""
+    if _HEDGES.search(sentence):
+        return None
+    folded = cited.lower()
+    spans = _number_spans(cited)
+    ends: dict[tuple[float, str | None], float] = {}
+    flat: set[tuple[float, str | None]] = set()
+    in_range: set[int] = set()
+    for index in range(len(spans) - 1):
+        (low, low_kind, low_end), (high, kind, high_end) = spans[index], spans[index + 1]
+        number = _NUMBER.search(folded, low_end)
+        between = folded[low_end : number.start() if number else high_end]
+        head = folded[max(0, low_end - 40) : low_end]
+        joined = re.fullmatch(r"\s*(?:[-–—]|to|bis|à|a|au)\s*", between) or (
+            re.fullmatch(r"\s*(?:and|und|et|y)\s*", between)
+            and re.search(r"\b(?:between|zwischen|entre)\s+\S+$", head)
+        )
+        if not joined or low >= high or low_kind not in (None, kind):
+            continue
+        ends[(round(low, 4), kind)] = high
+        ends[(round(high, 4), kind)] = low
+        in_range |= {index, index + 1}
+    for index, (value, kind, _) in enumerate(spans):
+        if index not in in_range:
+            flat.add((round(value, 4), kind))
+    said = {(round(v, 4), k) for v, k, _ in _number_spans(sentence)}
+    said_values = {v for v, _ in said}
+    for value, kind in said:
+        other = ends.get((value, kind))
+        if other is not None and (value, kind) not in flat and round(other, 4) not in said_values:
+            return value
+    return None
