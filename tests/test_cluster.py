@@ -151,15 +151,27 @@ async def test_three_daemons_share_the_work_without_losing_or_doubling_a_mail(
     assert all(m.status == "done" for m in inbound)
     doubled = [key for key, n in stage_events.items() if n > 1]
     assert doubled == [], doubled[:5]
-    # Every lead mail delivered exactly once: the touches and the answers.
+    # No lead mail delivered twice: the touches and the answers.
     got = Counter(
         str(email.message_from_bytes(r.data, policy=email.policy.default)["Message-ID"])
         for r in received
     )
     assert [m for m, n in got.items() if n > 1] == []
-    delivered = {r.message_id for r in rows if r.status in ("sent", "in_doubt", "held")}
-    assert set(got) == delivered
-    assert set(touch_ids) <= set(got)
+    # Nothing marked sent was lost and nothing else went out.  The killed
+    # daemon's mail caught between its committed dot mark and the server's
+    # reply has an unknown outcome (the kill may land before the final dot
+    # left, or after): held, or in doubt, and never sent twice.
+    sent = {r.message_id for r in rows if r.status == "sent"}
+    unknown = {r.message_id: r for r in rows if r.status in ("in_doubt", "held")}
+    statuses = {r.message_id: (r.status, r.held_reason) for r in rows}
+    assert sent <= set(got), [statuses[m] for m in sent - set(got)]
+    assert set(got) <= sent | set(unknown), [statuses.get(m) for m in set(got) - sent]
+    assert all("outcome unknown" in (r.held_reason or "") for r in unknown.values()
+               if r.status == "held"), [r.held_reason for r in unknown.values()]  # fmt: skip
+    assert set(touch_ids) <= set(got) | set(unknown)
+    # At most two per SMTP connection of the killed daemon (2): one on the
+    # wire, one delivered whose outcome was still being committed.
+    assert len(unknown) <= 4, statuses
     assert not [r for r in rows if r.status in ("queued", "sending")]
     # The killed daemon's mail caught between the dot and the reply is held,
     # never sent twice.
