@@ -37,8 +37,15 @@ PART_OVERLAP_MIN = 0.25
 _STEMMERS = {"en": "english", "de": "german", "fr": "french", "es": "spanish"}
 # Function words do not carry a claim: bm25s's short lists, widened with
 # scikit-learn's English list and the stop-words package's others.
+# scikit-learn's list has words that carry claims in sales copy ("bill",
+# "call", "system", "full"): those stay content words.
+_NOT_STOPWORDS = {
+    "amount", "bill", "bottom", "call", "cry", "describe", "detail", "empty", "fill", "find",
+    "fire", "found", "front", "full", "interest", "mill", "move", "name", "part", "serious",
+    "side", "sincere", "system", "thick", "thin", "top",
+}  # fmt: skip
 _STOPWORDS = {
-    "en": set(STOPWORDS_EN) | set(ENGLISH_STOP_WORDS),
+    "en": (set(STOPWORDS_EN) | set(ENGLISH_STOP_WORDS)) - _NOT_STOPWORDS,
     "de": set(STOPWORDS_GERMAN) | set(get_stop_words("de")),
     "fr": set(STOPWORDS_FRENCH) | set(get_stop_words("fr")),
     "es": set(STOPWORDS_SPANISH) | set(get_stop_words("es")),
@@ -85,6 +92,8 @@ _UNITS = {
     "jahre": ("month", 12), "jahren": ("month", 12), "an": ("month", 12), "ans": ("month", 12),
     "année": ("month", 12), "années": ("month", 12), "año": ("month", 12), "años": ("month", 12),
 }  # fmt: skip
+# Unit words spelled out (not "h", "m", "s"): what "per ..." may count.
+_UNITS_SPELLED = sorted((u for u in _UNITS if len(u) >= 3), key=len, reverse=True)
 # The period of a price, however it is said: "per month", "a month", "monthly", "mensuels".
 _PERIODS = {
     "month": "month", "months": "month", "monthly": "month", "monat": "month",
@@ -101,7 +110,9 @@ _PERIODS = {
 }  # fmt: skip
 # Words that say something is gone, like a negation ("has been dropped").
 _GONE = {
-    "dropped", "discontinued", "removed", "retired", "deprecated", "eingestellt", "abgekündigt",
+    "dropped", "discontinued", "removed", "deleted", "erased", "purged", "retired", "deprecated",
+    "gelöscht", "effacé", "effacée", "effacés", "borrado", "borrada", "borrados", "eingestellt",
+    "abgekündigt",
     "entfernt", "supprimé", "supprimée", "retiré", "retirée", "abandonné", "eliminado",
     "eliminada", "retirado", "retirada", "descontinuado",
 }  # fmt: skip
@@ -109,7 +120,7 @@ _NEGATIONS = {
     "not", "no", "never", "without", "cannot", "can't", "don't", "doesn't", "isn't", "aren't",
     "won't", "none", "nicht", "kein", "keine", "keinen", "keiner", "nie", "niemals", "ohne",
     "ne", "pas", "jamais", "aucun", "aucune", "sans", "nunca", "sin", "ningún", "ninguna",
-    "ni", "n't",
+    "ni", "n't", "rather-than",
 }  # fmt: skip
 # Idioms said the same way on both sides before anything is compared.
 _FREE = re.compile(
@@ -123,6 +134,22 @@ _FREE = re.compile(
     r"\bno\s+(?:tiene|cuesta)\s+(?:coste|costo|nada)|\bgratis\b",
     re.I,
 )
+# "X rather than Y": Y is denied, as by "not".
+_RATHER = re.compile(
+    r"\b(?:rather\s+than|instead\s+of|anstatt|statt|anstelle\s+von|plutôt\s+que|au\s+lieu\s+de|"
+    r"en\s+lugar\s+de|en\s+vez\s+de)\b",
+    re.I,
+)
+# No extra charge is "included", not an offer: "at no extra cost", "ohne Aufpreis".
+_INCLUDED_IDIOM = re.compile(
+    r"\bat\s+no\s+(?:extra|additional)\s+(?:charge|cost)|\bwithout\s+(?:any\s+)?(?:extra|"
+    r"additional)\s+(?:charge|cost)s?|\bno\s+(?:extra|additional)\s+(?:charge|cost)s?|"
+    r"\b(?:don['’]t|doesn['’]t|do\s+not|does\s+not|won['’]t|will\s+not)\s+(?:add\s+to\s+"
+    r"(?:your|the)\s+bill|cost\s+(?:anything\s+)?extra)|\bohne\s+(?:Aufpreis|Zusatzkosten|"
+    r"Mehrkosten)|\bsans\s+(?:supplément|surcoût|frais\s+supplémentaires?)|"
+    r"\bsin\s+(?:coste|costo|cargo)\s+(?:adicional|extra)",
+    re.I,
+)
 _AT_MOST = re.compile(
     r"\b(?:no|not)\s+(?:later|more)\s+than|\bpas\s+plus\s+(?:de|tard\s+que)|"
     r"\bnicht\s+(?:mehr|später)\s+als|\bno\s+más\s+(?:de|tarde\s+de)|\bn['’](?=\w+\s+pas\s+plus)",
@@ -132,7 +159,7 @@ _AT_LEAST = re.compile(
     r"\b(?:(?:never|not|no)\s+(?:\w+\s+){0,3}?(?:less|fewer)\s+than|nie\s+weniger\s+als|"
     r"jamais\s+moins\s+de|nunca\s+menos\s+de|"
     r"at\s+least|a\s+minimum(?:\s+of)?|minimum(?:\s+of)?|mindestens|au\s+moins|"
-    r"(?:un\s+)?minimum\s+de|plancher\s+de|al\s+menos|como\s+mínimo|(?:un\s+)?mínimo\s+de)\b",
+    r"(?:un\s+)?minimum\s+de|plancher\s+de|al\s+menos|como\s+mínimo|(?:una?\s+)?mínim[oa]\s+de)\b",
     re.I,
 )
 _HEDGES = re.compile(
@@ -157,7 +184,13 @@ _NOT_YET = re.compile(
 _ABSOLUTES = re.compile(
     r"\b(?:always|guarantee\w*|at-least|fully|completely|only|automatic\w*|immer|garant\w*|"
     r"vollständig|voll|automatisch\w*|toujours|entièrement|pleinement|automatique\w*|siempre|"
-    r"completamente|plenamente|automátic\w*)\b",
+    r"completamente|plenamente|automátic\w*|"
+    # Unlimited, instant and best: claims a passage must make itself.
+    r"unlimited|unbegrenzt\w*|illimité\w*|ilimitad\w*|instant\w*|immediate\w*|"
+    r"the\s+moment|real[\s-]time|sofort\w*|echtzeit|immédiat\w*|temps\s+réel|inmediat\w*|"
+    r"al\s+instante|tiempo\s+real|fastest|quickest|cheapest|easiest|simplest|largest|lowest|"
+    r"highest|best|safest|leading|on\s+the\s+market|schnellste\w*|günstigste\w*|beste\w*|"
+    r"marktführ\w*|meilleur\w*|leader|le\s+plus\s+rapide|mejor\w*|líder|más\s+rápid\w*)\b",
     re.I,
 )
 _DISCOUNT = re.compile(
@@ -179,7 +212,7 @@ _PARTIAL = re.compile(
     re.I,
 )
 # "per vehicle", "pro Nutzer", "par élève", "por usuario", "each site".
-_PER = re.compile(r"\b(?:per|pro|par|por)\s+([^\W\d_]+)", re.I)
+_PER = re.compile(r"\b(?:per|pro|par|por)\s+([^\W\d_]+(?:-[^\W\d_]+)*)", re.I)
 _ALWAYS = {"always", "immer", "toujours", "siempre"}
 _CLAUSE_END = re.compile(
     r"[.!?;:]\s+|[.!?;:]$|,\s+(?:but|however|whereas|while|aber|sondern|jedoch|mais|"
@@ -260,15 +293,19 @@ def _spell_numbers(text: str, language: str) -> str:
     )
     text = re.sub(
         r"\b(?:no\s+(?:cap|limit)|without\s+(?:a\s+)?(?:cap|limit)|ohne\s+(?:limit|begrenzung)|"
-        r"sans\s+limite|sin\s+l[ií]mite)\b",
+        r"sans\s+limite|sin\s+l[ií]mite|unbegrenzt\w*|illimité\w*|ilimitad\w*)\b",
         " unlimited ",
         text,
         flags=re.I,
     )
+    # "10 million" and "10000000", "2,5 Mio." and "2500000": one number.
+    text = _SCALED.sub(_scaled, text)
     with contextlib.suppress(ValueError, KeyError):  # a language text2num does not know
         text = alpha2digit(text, language if language in _STEMMERS else "en", threshold=0)
     for clock, to_24h in _CLOCK_TIMES:
         text = re.sub(clock, to_24h, text, flags=re.I)
+    # "March 2026", "im März 2026", "marzo de 2026" and "03/2026": one date.
+    text = _MONTH_YEAR.sub(lambda m: f"{_MONTHS[m[1].lower()]:02d}/{m[2]}", text)
     idioms = (
         (r"\b(?:a|one|1)\s+quarter\s+of\s+an\s+hour|\bune?\s+quart\s+d['’]heure", "15 minutes"),
         (r"\b(\d+)\s+quarters\s+of\s+an\s+hour", lambda m: f"{int(m[1]) * 15} minutes"),
@@ -309,6 +346,44 @@ def _spell_numbers(text: str, language: str) -> str:
     return text
 
 
+_SCALES = {
+    "thousand": 1e3, "tausend": 1e3, "million": 1e6, "millions": 1e6, "millionen": 1e6,
+    "mio": 1e6, "millón": 1e6, "millones": 1e6, "billion": 1e9, "billions": 1e9,
+    "milliarde": 1e9, "milliarden": 1e9, "mrd": 1e9, "milliard": 1e9, "milliards": 1e9,
+    "k": 1e3, "m": 1e6, "bn": 1e9,
+}  # fmt: skip
+_SCALED = re.compile(
+    r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s?(thousand|tausend|millions?|millionen|mio|millón|"
+    r"millones|billions?|milliarden?|mrd|milliards?|bn|k(?=\b)|m(?=\b)(?!\s*(?:²|2\b)))\.?"
+    r"(?=[^\w]|$)",
+    re.I,
+)
+
+
+def _scaled(match: re.Match[str]) -> str:
+    scale = match[2].lower()
+    if scale == "m" and not re.search(r"[$€£]\s?$", match.string[: match.start()]):
+        return match[0]  # "5 m" is five metres unless it is money
+    value = float(match[1].replace(",", ".")) * _SCALES[scale]
+    return f"{value:.0f}"
+
+
+_MONTHS = {
+    "enero": 1, "januar": 1, "january": 1, "janvier": 1, "febrero": 2, "februar": 2, "february":
+    2, "février": 2, "march": 3, "mars": 3, "marzo": 3, "märz": 3, "abril": 4, "april": 4,
+    "avril": 4, "mai": 5, "may": 5, "mayo": 5, "juin": 6, "june": 6, "juni": 6, "junio": 6,
+    "juillet": 7, "juli": 7, "julio": 7, "july": 7, "agosto": 8, "août": 8, "august": 8,
+    "september": 9, "septembre": 9, "septiembre": 9, "october": 10, "octobre": 10, "octubre":
+    10, "oktober": 10, "november": 11, "novembre": 11, "noviembre": 11, "december": 12,
+    "dezember": 12, "diciembre": 12, "décembre": 12,
+}  # fmt: skip
+_MONTH_YEAR = re.compile(
+    r"\b(january|february|march|april|may|june|july|august|september|october|november|"
+    r"december|januar|februar|märz|mai|juni|juli|oktober|dezember|janvier|février|mars|avril|"
+    r"juin|juillet|août|septembre|octobre|novembre|décembre|enero|febrero|marzo|abril|mayo|"
+    r"junio|julio|agosto|septiembre|octubre|noviembre|diciembre)\s+(?:de\s+)?((?:19|20)\d\d)\b",
+    re.I,
+)
 _CLOCK_PM = (
     r"p\.?\s?m\.?|in\s+the\s+(?:afternoon|evening)|de\s+la\s+(?:tarde|noche)|du\s+soir|"
     r"de\s+l['’]après-midi|abends|nachmittags"
@@ -339,7 +414,9 @@ def _prepare(text: str, language: str) -> str:
     """*text* as it is compared: numbers in digits, "free" and "at most"
     idioms said one way."""
     text = _spell_numbers(text, language)
+    text = _INCLUDED_IDIOM.sub(" included ", text)
     text = _FREE.sub(" free ", text)
+    text = _RATHER.sub(" rather-than ", text)
     text = _AT_LEAST.sub(" at-least ", text)
     return _AT_MOST.sub(" at-most ", text)
 
@@ -364,14 +441,30 @@ def numbers(text: str, language: str = "en") -> list[tuple[float, str | None]]:
 def _number_spans(prepared: str) -> list[tuple[float, str | None, int]]:
     folded = prepared.lower()
     found: list[tuple[float, str | None, int]] = []
+    starts: list[int] = []
     for match in _NUMBER.finditer(folded):
         value = _number(match.group(0))
         if value is not None:
             found.append((value, _kind(folded, match.start(), match.end()), match.end()))
+            starts.append(match.start())
+    # "14 to 90 days", "10-20 %", "90, 60 and 30 days": the unit said once
+    # counts for each number of the run.
+    for index in range(len(found) - 2, -1, -1):
+        value, kind, end = found[index]
+        following = found[index + 1][1]
+        if kind is None and following and _RUN_JOINER.fullmatch(folded, end, starts[index + 1]):
+            found[index] = (value, following, end)
     return found
 
 
+_RUN_JOINER = re.compile(r"\s*(?:[-–—]|to|bis|à|a|au|and|und|et|y|or|oder|ou|o|,)\s*")
+
+
 _PERCENT = re.compile(r"\s?%")
+_TEMPERATURE = re.compile(
+    r"\s?°\s?([cf])\b|\s?(?:degrees?|grad|degrés?|grados?)\s+(celsius|fahrenheit)\b"
+)
+_SCALAR_KINDS = ("%", "money", "°c", "°f")
 _MONEY_AFTER = re.compile(r"\s?(?:€|eur\b|euros?\b|usd\b|\$|£|gbp\b|chf\b|dollars?\b)")
 _MONEY_BEFORE = re.compile(r"(?:€|eur|usd|\$|£|gbp|chf)\s?$")
 
@@ -379,6 +472,8 @@ _MONEY_BEFORE = re.compile(r"(?:€|eur|usd|\$|£|gbp|chf)\s?$")
 def _kind(text: str, start: int, end: int) -> str | None:
     if _PERCENT.match(text, end):
         return "%"
+    if (degrees := _TEMPERATURE.match(text, end)) is not None:
+        return f"°{(degrees[1] or degrees[2])[0]}"
     if _MONEY_AFTER.match(text, end) or _MONEY_BEFORE.search(text[max(0, start - 5) : start]):
         return "money"
     return _unit_after(text, end)
@@ -397,7 +492,7 @@ def amounts_of(items: list[tuple[float, str | None]]) -> set[tuple[str, float]]:
         amounts.add(("n", round(value, 4)))
         if unit is None:
             amounts.add(("bare", round(value, 4)))
-        elif unit in ("%", "money"):
+        elif unit in _SCALAR_KINDS:
             amounts.add((unit, round(value, 4)))
         elif unit is not None:
             base, factor = _UNITS[unit]
@@ -423,10 +518,28 @@ def _calendar_alike(base: str, value: float) -> set[tuple[str, float]]:
     return set()
 
 
+_PERIOD_SAID = re.compile(
+    r"\b(?:per|pro|par|por|a|an|al|au|im|in\s+der|à\s+la|a\s+la|each|every|cada|chaque|"
+    r"jede[nmrs]?)\s+(" + "|".join(_UNITS_SPELLED) + r")\b",
+    re.I,
+)
+
+
+def _periods_said(prepared: str) -> set[tuple[str, float]]:
+    """The spans a text counts per ("60 jobs per day": one day), so that
+    "each day", read as every 86400 seconds, restates it."""
+    found: set[tuple[str, float]] = set()
+    for match in _PERIOD_SAID.finditer(prepared):
+        base, factor = _UNITS[match[1].lower()]
+        found.add((base, round(factor, 4)))
+        found |= _calendar_alike(base, factor)
+    return found
+
+
 def number_supported(
     value: float, unit: str | None, passage_amounts: set[tuple[str, float]]
 ) -> bool:
-    if unit in ("%", "money"):
+    if unit in _SCALAR_KINDS:
         return (unit, round(value, 4)) in passage_amounts
     if unit is not None:
         base, factor = _UNITS[unit]
@@ -455,6 +568,11 @@ _CURRENCY_AFTER = re.compile(r"\s?(?:€|eur\b|euros?\b|usd\b|\$|£|gbp\b|chf\b|
 
 
 _Rate = tuple[frozenset[str], ...]
+_JOINED_UNIT = re.compile(r"\s*(?:and|und|et|y)\s+[^\W\d_]+\s*(?:[;,.!?)]|$)")
+_JOINED_PER = re.compile(
+    r"\b(?:per|pro|par|por)\s+[^\W\d_]+\s+(?:and|und|et|y)\s+([^\W\d_]+)(?=\s*(?:[;,.!?)]|$))",
+    re.I,
+)
 
 
 def _rates(prepared: str, language: str) -> dict[float, set[_Rate]]:
@@ -474,6 +592,9 @@ def _rates(prepared: str, language: str) -> dict[float, set[_Rate]]:
         while (step := _RATE_STEP.match(folded, position)) is not None:
             marker, count, per, bare = step.group(1), step.group(2), step.group(3), step.group(4)
             if per is None and (bare not in _PERIODS or bare == "an"):
+                # "39 € pro Monat und Kasse": a unit joined to the chain's last.
+                if units and _JOINED_UNIT.match(folded, position):
+                    units.append(frozenset({stemmer.stemWord(bare)}))
                 break
             if per is not None and marker.strip() in _PERIOD_ONLY and per not in _PERIODS:
                 break  # "and a single ...": no unit
@@ -537,6 +658,21 @@ def _negation_scopes(text: str, language: str = "en") -> tuple[list[str], list[s
     return scopes, rest
 
 
+def _negated_tails(text: str) -> list[str]:
+    """What follows each negation of *text* up to the segment's end: the
+    predicate denied ("included" in "VAT is not included")."""
+    tails = []
+    for segment in _SEGMENT_END.split(text):
+        words = _WORD.findall(_fold(segment))
+        at = next(
+            (i for i, w in enumerate(words) if _is_negation(w) and not _timed(w, words[i + 1 :])),
+            None,
+        )
+        if at is not None:
+            tails.append(" ".join(words[at + 1 :]))
+    return tails
+
+
 def _negations(text: str, language: str) -> tuple[list[str], list[str], list[str]]:
     """:func:`_negation_scopes`, and the whole segments that hold a negation."""
     scopes: list[str] = []
@@ -544,7 +680,10 @@ def _negations(text: str, language: str) -> tuple[list[str], list[str], list[str
     segments: list[str] = []
     for segment in _SEGMENT_END.split(text):
         words = _WORD.findall(_fold(segment))
-        at = next((i for i, w in enumerate(words) if _is_negation(w)), None)
+        at = next(
+            (i for i, w in enumerate(words) if _is_negation(w) and not _timed(w, words[i + 1 :])),
+            None,
+        )
         if at is None:
             rest.append(segment)
             continue
@@ -553,13 +692,24 @@ def _negations(text: str, language: str) -> tuple[list[str], list[str], list[str
             scope = words[at:]
         else:
             scope = words[at + 1 :]
-        if len(content_stems(" ".join(scope), language)) <= 1:
+        if words[at] != "rather-than" and len(content_stems(" ".join(scope), language)) <= 1:
             # "... ist nicht enthalten", "X is not included": the whole segment.
             scope, at = words, 0
         rest.append(" ".join(words[:at]))
         scopes.append(" ".join(scope))
         segments.append(segment)
     return scopes, rest, segments
+
+
+_WHEN = {
+    "after", "within", "once", "when", "unless", "if", "nach", "innerhalb", "wenn", "sobald",
+    "après", "sous", "dans", "lorsque", "si", "tras", "después", "cuando", "al",
+}  # fmt: skip
+
+
+def _timed(word: str, following: list[str]) -> bool:
+    """ "Deleted after 30 days": a retention rule, not a feature that is gone."""
+    return word in _GONE and any(w in _WHEN for w in following[:2])
 
 
 def _is_negation(word: str) -> bool:
@@ -605,20 +755,39 @@ def _name_stems(texts: Iterable[str], language: str) -> set[str]:
     return set(_stemmer(language).stemWords(sorted(set().union(*map(_names, texts)))))
 
 
+_AVAILABLE = re.compile(
+    r"\b(?:support\w*|available|possible|offered|provided|yet|möglich|verfügbar|unterstützt|"
+    r"angeboten|disponible\w*|pris\s+en\s+charge|compatible\w*|proposé\w*|posible\w*|"
+    r"compatibles?|ofrecid\w*|admitid\w*|soportad\w*)\b",
+    re.I,
+)
+
+
 def _drops_a_negation(sentence: str, passages: Sequence[str], language: str) -> bool:
     """The sentence states what the passages state only under a negation:
     "integrates with Clover" from "It does not integrate with Clover"."""
-    scopes: list[str] = []
+    pairs: list[tuple[str, str]] = []
     rest: list[str] = []
     for passage in passages:
-        negated, other = _negation_scopes(passage, language)
-        scopes += negated
+        negated, other, _ = _negations(passage, language)
+        pairs += zip(negated, _negated_tails(passage), strict=True)
         rest += other
-    only = _stems_of(scopes, language) - _stems_of(rest, language)
+    scopes = [scope for scope, _ in pairs]
+    stated = _stems_of(rest, language)
+    only = _stems_of(scopes, language) - stated
     if not only:
         return False
     plain = [part for part in _SEGMENT_END.split(sentence) if not _negated(part)]
     names = _name_stems([*scopes, sentence], language)
+    # "VAT is not included" is dropped by saying VAT is included, not by
+    # naming VAT ("VAT extra"): the denied predicate must be restated.
+    # Availability ("not supported", "nicht möglich") is restated by naming
+    # the thing at all.
+    denied = [
+        content_stems(tail, language) - stated for _, tail in pairs if not _AVAILABLE.search(tail)
+    ]
+    if len(denied) == len(pairs) and all(denied):
+        plain = [part for part in plain if any(content_stems(part, language) & d for d in denied)]
     return _restates_only(plain, scopes, only, names, language)
 
 
@@ -650,9 +819,12 @@ def _presents_planned_as_available(sentence: str, passages: Sequence[str], langu
     marked = [c for c in clauses if _NOT_YET.search(c)]
     if not marked:
         return False
-    only = _stems_of(marked, language) - _stems_of(
-        [c for c in clauses if not _NOT_YET.search(c)], language
-    )
+    available = _stems_of([c for c in clauses if not _NOT_YET.search(c)], language)
+    only = {
+        stem
+        for stem in _stems_of(marked, language) - available
+        if not any(len(stem) >= 3 and other.startswith(stem) for other in available)
+    }
     if not only:
         return False
     plain = [c for c in _clauses(sentence) if not _NOT_YET.search(c)]
@@ -696,6 +868,7 @@ def check_sentence(
     folded = _fold(cited)
     # Numbers: each one, or the same duration said otherwise, in a passage.
     passage_amounts = amounts_of([(v, k) for v, k, _ in _number_spans(cited)])
+    passage_amounts |= _periods_said(cited)
     for value, unit, _ in _number_spans(own_text):
         if not number_supported(value, unit, passage_amounts):
             shown = int(value) if value == int(value) else value
@@ -787,6 +960,16 @@ def check_sentence(
     flattened = _flattens_a_range(own_text, cited)
     if flattened:
         reasons.append(f"it states {flattened:g}, one end of the passage's range, as a flat figure")
+    # A word swapped for its opposite: "before" for "after", "calendar"
+    # for "working" days, "extend" for "shorten".
+    swapped = _swapped_opposite(own_text, cited)
+    if swapped:
+        reasons.append(swapped)
+    # A list with an item the passages do not name: "SCORM, xAPI and cmi5".
+    item = _added_list_item(own_text, stems_all := content_stems(cited, language), language)
+    if item:
+        reasons.append(f"it lists '{item}', which no cited passage names")
+    del stems_all
     # Offers: a discount or a free period no passage makes.
     if _DISCOUNT.search(own_text) and not _DISCOUNT.search(cited):
         reasons.append(f"'{_DISCOUNT.search(own_text)[0]}' offers what no passage offers")  # type: ignore[index]
@@ -794,12 +977,16 @@ def check_sentence(
         reasons.append("'free' offers what no passage offers")
     # Everything else: the content words must come from the passages, in
     # the sentence as a whole and in each of its parts.
-    stems = _claim_stems(cited, language)
+    stems = content_stems(cited, language)  # the passages keep their unit words
+    if _INCLUDED.search(cited) or _FREE_WORD.search(cited):
+        stems |= content_stems("included free", language)  # "at no extra cost" is either
     overlap = _overlap(_claim_stems(own_text, language), stems)
     if overlap < OVERLAP_MIN:
         reasons.append(f"only {overlap:.0%} of its words are in the cited passages")
     else:
         for part in _PARTS.split(own_text):
+            if _LEAD_IN.fullmatch(part):
+                continue  # "For your mobile apps, ...": the reader's case, no claim
             own = _claim_stems(part, language)
             if len(own) > 1 and (share := _overlap(own, stems)) < PART_OVERLAP_MIN:
                 reasons.append(f"only {share:.0%} of the words of '{part.strip()}' are in them")
@@ -809,6 +996,14 @@ def check_sentence(
 
 _PARTS = re.compile(
     r"[;,]\s*|\s+(?:and|und|et|y)\s+(?:it\s+|they\s+|we\s+)?(?:also|auch|aussi|también)\s+",
+    re.I,
+)
+_LEAD_IN = re.compile(
+    r"\s*(?:to\s+answer\s+your\s+question|pour\s+répondre\s+à\s+votre\s+question|"
+    r"um\s+ihre\s+frage\s+zu\s+beantworten|para\s+responder\s+a\s+su\s+pregunta|"
+    r"(?:as|like)\s+you\s+asked|good\s+news|in\s+short|kurz\s+gesagt|en\s+bref|en\s+resumen|"
+    r"(?:for|to|in|with|pour|avec|für|mit|bei|para|con|en)\s+(?:your|votre|vos|ihre?[nmrs]?|"
+    r"su|sus|tu|tus)\s+[^\W\d_]+(?:\s+[^\W\d_]+){0,2})\s*[.!?]?\s*",
     re.I,
 )
 _UNIT_WORDS = "|".join(sorted(_UNITS, key=len, reverse=True))
@@ -962,10 +1157,15 @@ _INCLUDED = re.compile(
 )
 
 
+_FREE_WORD = re.compile(r"\bfree\b", re.I)
+
+
 def _included_without_support(sentence: str, passages: Sequence[str], language: str) -> str | None:
     """A clause of the sentence says something is included (or free) and
     no passage clause that says so shares a word with it."""
-    including = [c for p in passages for c in _clauses(p) if _INCLUDED.search(c)]
+    including = [
+        c for p in passages for c in _clauses(p) if _INCLUDED.search(c) or _FREE_WORD.search(c)
+    ]
     supported = _stems_of(including, language)
     for part in _PARTS.split(sentence):
         match = _INCLUDED.search(part)
@@ -987,6 +1187,7 @@ _PER_ANY = re.compile(
 def _per_units(cited: str, language: str) -> set[str]:
     """The stems of what the passages count per, however they say it."""
     words = [m.group(1).lower() for m in _PER_ANY.finditer(cited)]
+    words += [m.group(1).lower() for m in _JOINED_PER.finditer(cited)]
     return set(_stemmer(language).stemWords(words))
 
 
@@ -1056,6 +1257,132 @@ def _unit_changed(sentence: str, cited: str, language: str) -> str | None:
         adverb = word.endswith(("ly", "lich", "el", "al", "elle", "aire"))
         if word in _PERIODS and adverb and _PERIODS[word] not in cited_periods:
             return f"'{word}' is not the passage's period"
+    return None
+
+
+# Words whose opposite a close copy may put in their place.  Each group is
+# one scale or relation; a sentence word from a group must be in the
+# passages when they use another word of that group and not it.
+_OPPOSITES: tuple[tuple[str, ...], ...] = (
+    (
+        r"before|prior\s+to|ahead\s+of|vorher|bevor|avant|antes",
+        r"after|following|nachdem|"
+        r"danach|après|después|tras",
+    ),
+    (
+        r"working|business|werk\w*|arbeitst\w*|ouvr\w*|hábil\w*|laborables?",
+        r"calendar|"
+        r"kalender\w*|calendaires?|naturales|corridos",
+    ),
+    (
+        r"minimum|minimal\w*|mindest\w*|mínim\w*|at-least",
+        r"maximum|maximal\w*|höchst\w*|"
+        r"máxim\w*|at-most",
+    ),
+    (
+        r"shorten\w*|verkürz\w*|raccourc\w*|acort\w*",
+        r"extend\w*|lengthen\w*|verlänger\w*|"
+        r"prolong\w*|allong\w*|ampli\w*",
+    ),
+    (
+        r"increas\w*|rais\w*|boost\w*|grew|grow\w*|erhöh\w*|steiger\w*|augment\w*|aument\w*",
+        r"decreas\w*|reduc\w*|cut|cuts|lower\w*|drop\w*|senk\w*|reduzi\w*|réd\w*|baiss\w*|"
+        r"dismin\w*|recort\w*",
+    ),
+    (
+        r"inbound|incoming|eingehend\w*|entrant\w*|entrante\w*",
+        r"outbound|outgoing|"
+        r"ausgehend\w*|sortant\w*|saliente\w*",
+    ),
+    (
+        r"upload\w*|hochlad\w*|téléverse\w*|subir|sube",
+        r"download\w*|herunterlad\w*|"
+        r"télécharge\w*|descarga\w*",
+    ),
+    (r"import\w*", r"export\w*"),
+    (
+        r"internal\w*|intern\w*|interne\w*|intern[oa]s?",
+        r"external\w*|extern\w*|externe\w*|"
+        r"extern[oa]s?",
+    ),
+    (
+        r"read-only|read|lesen|lecture|lectura",
+        r"write|writes|edit\w*|schreib\w*|écriture|"
+        r"escritura",
+    ),
+    (
+        r"device|client-side|gerät\w*|appareil\w*|dispositivo\w*",
+        r"servers?|server-side|"
+        r"serveur\w*|servidor\w*",
+    ),
+    (
+        r"manual\w*|manuell\w*|manuel\w*",
+        r"automatic\w*|automatisch\w*|automatique\w*|"
+        r"automátic\w*",
+    ),
+    (
+        r"first|initial|erste[nmrs]?|premi(?:er|ère)s?|primer[oa]?s?",
+        r"last|final|letzte[nmrs]?|"
+        r"derni(?:er|ère)s?|últim[oa]s?",
+    ),
+    (
+        r"earliest|frühestens|au\s+plus\s+tôt|como\s+pronto",
+        r"latest|spätestens|"
+        r"au\s+plus\s+tard|a\s+más\s+tardar",
+    ),
+    (r"°c|celsius", r"°f|fahrenheit"),
+)
+_OPPOSITE_PATTERNS = tuple(
+    tuple(re.compile(rf"(?<![\w-])(?:{side})(?![\w-])", re.I) for side in group)
+    for group in _OPPOSITES
+)
+
+
+def _swapped_opposite(sentence: str, cited: str) -> str | None:
+    """The sentence uses one side of an opposite pair where the passages
+    use only the other: "90 days before the due date" for "after"."""
+    for group in _OPPOSITE_PATTERNS:
+        said = [side.search(sentence) for side in group]
+        given = [side.search(cited) is not None for side in group]
+        for index, match in enumerate(said):
+            if match and not given[index] and any(given):
+                other = next(side for side, there in zip(group, given, strict=True) if there)
+                theirs = other.search(cited)
+                return f"it says '{match[0]}' where the passage says '{theirs[0]}'"  # type: ignore[index]
+    return None
+
+
+_LIST = re.compile(
+    r"((?:[^\W\d_][\w.&'’+-]*\s+){0,2}[\w.&'’+-]+)((?:\s*,\s*[^,;:.!?]+?)+)\s*,?\s+"
+    r"(?:and|or|und|oder|et|ou|y|o|e|u)\s+([\w.&'’+-]+(?:\s+[\w.&'’+-]+){0,2})",
+    re.I,
+)
+
+
+def _added_list_item(sentence: str, stems: set[str], language: str) -> str | None:
+    """An item of a list in the sentence ("A, B and C") that shares no
+    word with the cited passages, or only part of a two-word name
+    ("Apple Calendar" beside "Google Calendar")."""
+    stop = _STOPWORDS.get(language, _STOPWORDS["en"])
+    for match in _LIST.finditer(sentence):
+        middle = [m.strip() for m in match[2].split(",") if m.strip()]
+        if any(len(m.split()) > 3 for m in middle):
+            continue  # clauses between commas, not a list
+        words = []
+        for word in match[3].split():
+            if word.lower().strip(".") in stop:
+                break
+            words.append(word)
+        last = " ".join(words).rstrip(".")
+        if not last:
+            continue  # "..., and the platform ...": a clause follows, not an item
+        for item in [*middle, last]:
+            own = _claim_stems(item, language)
+            if not own:
+                continue
+            found = [s for s in own if _stem_match(s, stems)]
+            if not found or (item[:1].isupper() and len(own) == 2 and len(found) < 2):
+                return item
     return None
 
 
@@ -1136,34 +1463,61 @@ def _price_term_changed(sentence: str, cited: str) -> str | None:
     return None
 
 
-def _flattens_a_range(sentence: str, cited: str) -> float | None:
-    """The sentence gives one end of a range in the passages ("10-20 %")
-    as a flat figure, without the other end or a hedge."""
-    if _HEDGES.search(sentence):
-        return None
-    folded = cited.lower()
-    spans = _number_spans(cited)
-    ends: dict[tuple[float, str | None], float] = {}
-    flat: set[tuple[float, str | None]] = set()
-    in_range: set[int] = set()
+def _ranges(text: str) -> tuple[list[tuple[float, str | None, int]], list[int]]:
+    """The numbers of *text*, and the index of each that starts a range
+    ("10-20 %", "from 14 to 90 days", "zwischen 14 und 90 Tagen")."""
+    folded = text.lower()
+    spans = _number_spans(text)
+    pairs = []
     for index in range(len(spans) - 1):
         (low, low_kind, low_end), (high, kind, high_end) = spans[index], spans[index + 1]
         number = _NUMBER.search(folded, low_end)
         between = folded[low_end : number.start() if number else high_end]
         head = folded[max(0, low_end - 40) : low_end]
+        if low_kind in _UNITS:  # "2 weeks and 90 days": its own unit
+            between = re.sub(rf"^\s*{re.escape(low_kind)}\b", "", between)
+            head = head + " " + low_kind
         joined = re.fullmatch(r"\s*(?:[-–—]|to|bis|à|a|au)\s*", between) or (
             re.fullmatch(r"\s*(?:and|und|et|y)\s*", between)
-            and re.search(r"\b(?:between|zwischen|entre)\s+\S+$", head)
+            and re.search(r"\b(?:between|zwischen|entre)\s+\S+(?:\s\S+)?$", head)
         )
-        if not joined or low >= high or low_kind not in (None, kind):
-            continue
+        if joined and _in_base(low, low_kind) < _in_base(high, kind) and _alike(low_kind, kind):
+            pairs.append(index)
+    return spans, pairs
+
+
+def _in_base(value: float, kind: str | None) -> float:
+    return value * _UNITS[kind][1] if kind in _UNITS else value
+
+
+def _alike(low: str | None, high: str | None) -> bool:
+    """A range's ends count the same thing: "14 to 90 days", "2 weeks and 90 days"."""
+    if low is None or low == high:
+        return True
+    return low in _UNITS and high in _UNITS and _UNITS[low][0] == _UNITS[high][0]
+
+
+def _flattens_a_range(sentence: str, cited: str) -> float | None:
+    """The sentence gives one end of a range in the passages ("10-20 %")
+    as a flat figure, without the other end or a hedge."""
+    if _HEDGES.search(sentence):
+        return None
+    spans, pairs = _ranges(cited)
+    ends: dict[tuple[float, str | None], float] = {}
+    flat: set[tuple[float, str | None]] = set()
+    in_range: set[int] = set()
+    for index in pairs:
+        (low, _, _), (high, kind, _) = spans[index], spans[index + 1]
         ends[(round(low, 4), kind)] = high
         ends[(round(high, 4), kind)] = low
         in_range |= {index, index + 1}
     for index, (value, kind, _) in enumerate(spans):
         if index not in in_range:
             flat.add((round(value, 4), kind))
-    said = {(round(v, 4), k) for v, k, _ in _number_spans(sentence)}
+    own_spans, own_pairs = _ranges(sentence)
+    # A range of the sentence's own ("between two weeks and 90 days") is no flat figure.
+    ranged = {i + step for i in own_pairs for step in (0, 1)}
+    said = {(round(v, 4), k) for i, (v, k, _) in enumerate(own_spans) if i not in ranged}
     said_values = {v for v, _ in said}
     for value, kind in said:
         other = ends.get((value, kind))
