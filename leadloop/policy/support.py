@@ -167,7 +167,8 @@ _HEDGES = re.compile(
     r"about|around|approximately|roughly|most|many|some|bis\s+zu|durchschnittlich|meist\w*|"
     r"etwa|rund|ungefähr|viele|einige|manche|jusqu['’]à|en\s+moyenne|environ|la\s+plupart|"
     r"plusieurs|certain(?:e|s|es)?|quelques|jusqu['’]à|ciertos|ciertas|"
-    r"hasta|en\s+promedio|aproximadamente|unos|unas|la\s+mayoría|muchos|muchas|algunos|algunas)\b",
+    r"hasta|en\s+promedio|aproximadamente|unos|unas|la\s+mayoría|muchos|muchas|algunos|algunas|"
+    r"de\s+media|median|im\s+schnitt|im\s+durchschnitt|en\s+moyenne)\b",
     re.I,
 )
 # What is not available yet: a sentence may name it only with a word like these.
@@ -215,7 +216,7 @@ _PARTIAL = re.compile(
 _PER = re.compile(r"\b(?:per|pro|par|por)\s+([^\W\d_]+(?:-[^\W\d_]+)*)", re.I)
 _ALWAYS = {"always", "immer", "toujours", "siempre"}
 _CLAUSE_END = re.compile(
-    r"[.!?;:]\s+|[.!?;:]$|,\s+(?:but|however|whereas|while|aber|sondern|jedoch|mais|"
+    r"(?<!\b\d)(?<!\b\d\d)\.\s+|[!?;:]\s+|[.!?;:]$|,\s+(?:but|however|whereas|while|aber|sondern|jedoch|mais|"
     r"cependant|pero|sino)\b",
     re.I,
 )
@@ -559,7 +560,7 @@ _RATE_STEP = re.compile(
 # Markers that only ever say a period ("a month", "al mes", "im Jahr").
 _PERIOD_ONLY = {"a", "an", "al", "im", "au", "à la", "each", "every", "cada"}
 _FLAT = re.compile(
-    r"\s*(?:for\s+the\s+(?:whole|entire)\s+(?:team|company|organi[sz]ation)|for\s+(?:all|every)"
+    r"\s*(?:for\s+(?:the|your)\s+(?:whole|entire)\s+(?:team|company|organi[sz]ation)|for\s+(?:all|every)"
     r"\s+users|for\s+everyone|in\s+total|flat|für\s+das\s+(?:ganze|gesamte)\s+team|pauschal|"
     r"pour\s+toute\s+l['’]équipe|forfaitaire|para\s+todo\s+el\s+equipo|tarifa\s+plana)\b",
     re.I,
@@ -970,6 +971,15 @@ def check_sentence(
     if item:
         reasons.append(f"it lists '{item}', which no cited passage names")
     del stems_all
+    # "No commitment" where the passages do not waive one.
+    if _NO_COMMITMENT.search(sentence) and not _NO_COMMITMENT.search(" ".join(passages)):
+        reasons.append("it waives a commitment no passage waives")
+    # "In the first year" made "in the first month".
+    own_ordinals, their_ordinals = _ordinal_spans(own_text), _ordinal_spans(cited)
+    for end, unit in own_ordinals:
+        if (end, unit) not in their_ordinals and any(e == end for e, _ in their_ordinals):
+            reasons.append(f"it says the {end} {unit}; the passage another span")
+            break
     # Offers: a discount or a free period no passage makes.
     if _DISCOUNT.search(own_text) and not _DISCOUNT.search(cited):
         reasons.append(f"'{_DISCOUNT.search(own_text)[0]}' offers what no passage offers")  # type: ignore[index]
@@ -1047,12 +1057,18 @@ def _entities(sentence: str) -> list[str]:
         if not token:
             continue
         has_digit = any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
+        if has_digit and re.fullmatch(r"\d+(?:[.,]\d+)?[a-z]{1,3}", token):
+            has_digit = False  # "10k", "24h", "2nd", "3x": a number with its unit
         if has_digit and all(
-            part.isdigit() or part.islower() for part in re.split(r"[-–]", token) if part
+            part.isdigit() or (part.isalpha() and part.islower())
+            for part in re.split(r"[-–]", token)
+            if part
         ):
             has_digit = False  # "30-day", "up-to-96": a number, checked as one
         acronym = len(token) >= 2 and token.isupper() and token.isalpha()
-        capital = token[0].isupper() and not token.isupper()
+        capital = (token[0].isupper() and not token.isupper()) or (
+            token[0].islower() and any(c.isupper() for c in token[1:])  # "xAPI", "iPhone"
+        )
         if index == 0 and capital:
             # A first word is a name when a capitalised word follows it
             # ("Lakeshore Dental") or it is written like one ("ClassLink").
@@ -1103,7 +1119,9 @@ _COMPLIANCE = re.compile(
 )
 _HELPS = re.compile(
     r"\b(?:help\w*|assist\w*|support\w*|prepar\w*|ready|unterstütz\w*|hilf\w*|helfen|"
-    r"aide\w*|accompagn\w*|facilit\w*|prépar\w*|ayud\w*|apoy\w*|prepar\w*)\b",
+    r"aide\w*|accompagn\w*|facilit\w*|prépar\w*|ayud\w*|apoy\w*|prepar\w*|"
+    r"working\s+toward\w*|pursu\w*|arbeite\w*\s+an|strebt|en\s+cours\s+de|en\s+vue\s+de|"
+    r"en\s+proceso\s+de|trabaja\w*\s+(?:en|hacia|para))\b",
     re.I,
 )
 
@@ -1126,6 +1144,7 @@ def _claims_compliance_it_helps_with(sentence: str, cited: str, language: str) -
     return any(
         _COMPLIANCE.search(clause)
         and not _HELPS.search(clause)
+        and not _NOT_YET.search(clause)  # "certification is still in progress"
         and not _negated(clause)
         and content_stems(_COMPLIANCE.sub(" ", clause), language) & about
         for clause in _clauses(sentence)
@@ -1386,6 +1405,38 @@ def _added_list_item(sentence: str, stems: set[str], language: str) -> str | Non
     return None
 
 
+_AFTER_FIGURE = re.compile(
+    r"on\s+average|average|de\s+media|en\s+promedio|en\s+moyenne|im\s+schnitt|"
+    r"im\s+durchschnitt|durchschnittlich|median",
+    re.I,
+)
+# A commitment no passage waives: "no contract", "sans engagement".
+_NO_COMMITMENT = re.compile(
+    r"\bno\s+(?:long[\s-]term\s+|annual\s+|minimum\s+)?(?:commitment|contract|lock[\s-]in|"
+    r"minimum\s+term)s?|\bcancel\s+(?:at\s+)?any\s*time|\bohne\s+(?:Mindest)?(?:laufzeit|"
+    r"vertragsbindung|bindung)|\bjederzeit\s+kündbar|\bsans\s+engagement|"
+    r"\brésiliable\s+à\s+tout\s+moment|\bsin\s+(?:permanencia|compromiso)|"
+    r"\bcancela\w*\s+cuando\s+quiera\w*",
+    re.I,
+)
+_ORDINAL_SPAN = re.compile(
+    r"\b(first|1st|1\.|1er|1ère|1re|1\.ᵉʳ|1º|1\.?ª|initial|erste[nmrs]?|premi(?:er|ère)|"
+    r"primer[oa]?|last|final|letzte[nmrs]?|derni(?:er|ère)|últim[oa])\s+(\w+)",
+    re.I,
+)
+
+
+def _ordinal_spans(text: str) -> set[tuple[str, str]]:
+    """ "The first year", "im 1. Jahr": which end and which span."""
+    found = set()
+    for match in _ORDINAL_SPAN.finditer(text):
+        span = _PERIODS.get(match[2].lower())
+        if span is not None:
+            end = "last" if re.match(r"la|fi|le|de|úl", match[1], re.I) else "first"
+            found.add((end, span))
+    return found
+
+
 def _drops_a_hedge(sentence: str, cited: str) -> bool:
     """The sentence restates a hedged figure without its hedge."""
     if _HEDGES.search(sentence):
@@ -1396,6 +1447,11 @@ def _drops_a_hedge(sentence: str, cited: str) -> bool:
         # the same sentence ("up to 30 %", "about 5 minutes", "bis zu 30 Tage"),
         # restated as the same quantity ("3 years", not "3 depths").
         window = re.match(r"[^.;:!?]{0,40}", cited[match.end() :])
+        if _AFTER_FIGURE.fullmatch(match[0]):  # "41 % de media": the figure before it
+            before = re.search(r"[^.;:!?]{0,25}$", cited[: match.start()])
+            spans = [(v, u) for v, u, _ in _number_spans(before.group(0) if before else "")][-1:]
+            if spans and (round(spans[0][0], 4), spans[0][1]) in said:
+                return True
         spans = [
             (value, unit)
             for value, unit, _ in _number_spans(window.group(0) if window else "")
@@ -1486,6 +1542,11 @@ def _ranges(text: str) -> tuple[list[tuple[float, str | None, int]], list[int]]:
     return spans, pairs
 
 
+def _amount(value: float, kind: str | None) -> tuple[float, str | None]:
+    """A quantity as compared: "90-day" and "90 days" alike."""
+    return round(_in_base(value, kind), 4), _UNITS[kind][0] if kind in _UNITS else kind
+
+
 def _in_base(value: float, kind: str | None) -> float:
     return value * _UNITS[kind][1] if kind in _UNITS else value
 
@@ -1507,20 +1568,20 @@ def _flattens_a_range(sentence: str, cited: str) -> float | None:
     flat: set[tuple[float, str | None]] = set()
     in_range: set[int] = set()
     for index in pairs:
-        (low, _, _), (high, kind, _) = spans[index], spans[index + 1]
-        ends[(round(low, 4), kind)] = high
-        ends[(round(high, 4), kind)] = low
+        (low, low_kind, _), (high, kind, _) = spans[index], spans[index + 1]
+        ends[_amount(low, low_kind)] = _in_base(high, kind)
+        ends[_amount(high, kind)] = _in_base(low, low_kind)
         in_range |= {index, index + 1}
     for index, (value, kind, _) in enumerate(spans):
         if index not in in_range:
-            flat.add((round(value, 4), kind))
+            flat.add(_amount(value, kind))
     own_spans, own_pairs = _ranges(sentence)
     # A range of the sentence's own ("between two weeks and 90 days") is no flat figure.
     ranged = {i + step for i in own_pairs for step in (0, 1)}
-    said = {(round(v, 4), k) for i, (v, k, _) in enumerate(own_spans) if i not in ranged}
+    said = {_amount(v, k): v for i, (v, k, _) in enumerate(own_spans) if i not in ranged}
     said_values = {v for v, _ in said}
-    for value, kind in said:
+    for (value, kind), shown in said.items():
         other = ends.get((value, kind))
         if other is not None and (value, kind) not in flat and round(other, 4) not in said_values:
-            return value
+            return shown
     return None
