@@ -17,6 +17,7 @@ sets in ``tests/fixtures/guardrails`` (``bench/guardrails_eval.py``).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -113,7 +114,7 @@ _GONE = {
     "dropped", "discontinued", "removed", "deleted", "erased", "purged", "retired", "deprecated",
     "gelöscht", "effacé", "effacée", "effacés", "borrado", "borrada", "borrados", "eingestellt",
     "abgekündigt",
-    "entfernt", "supprimé", "supprimée", "retiré", "retirée", "abandonné", "eliminado",
+    "supprimé", "supprimée", "retiré", "retirée", "abandonné", "eliminado",
     "eliminada", "retirado", "retirada", "descontinuado",
 }  # fmt: skip
 _NEGATIONS = {
@@ -126,7 +127,8 @@ _NEGATIONS = {
 _FREE = re.compile(
     r"\b(?:(?:is|are)\s+)?(?:never|not)\s+charged(?:\s+(?:a|any)\s+fee)?|"
     r"\bat\s+no\s+(?:extra\s+|additional\s+)?(?:charge|cost)|\bfree\s+of\s+charge|"
-    r"\bcosts?\s+(?:\w+\s+)?nothing|\bno\s+(?:extra\s+|additional\s+)?(?:fee|charge)s?\b|"
+    r"\bcosts?\s+(?:\w+\s+)?nothing|\b(?:don['’]t|doesn['’]t|do\s+not|does\s+not|won['’]t)\s+"
+    r"cost\s+(?:you\s+)?(?:anything|a\s+(?:thing|penny|cent))|\bno\s+(?:extra\s+|additional\s+)?(?:fee|charge)s?\b|"
     r"\bwithout\s+(?:extra\s+|additional\s+)?(?:charge|cost)|\bwithout\s+paying(?:\s+anything)?|"
     r"\bsans\s+rien\s+payer|\bsin\s+pagar(?:\s+nada)?|\bohne\s+(?:etwas\s+)?zu\s+(?:be)?zahlen|\bkostenlos\w*|\bgebührenfrei\w*|"
     r"\bohne\s+(?:zusätzliche\s+)?kosten|\bgratuit\w*|\bsans\s+(?:frais|coût)"
@@ -294,7 +296,8 @@ def _spell_numbers(text: str, language: str) -> str:
     )
     text = re.sub(
         r"\b(?:no\s+(?:cap|limit)|without\s+(?:a\s+)?(?:cap|limit)|ohne\s+(?:limit|begrenzung)|"
-        r"sans\s+limite|sin\s+l[ií]mite|unbegrenzt\w*|illimité\w*|ilimitad\w*)\b",
+        r"sans\s+limite|sin\s+l[ií]mite|unbegrenzt\w*|illimité\w*|ilimitad\w*|indefinitely|"
+        r"forever|unbefristet\w*|indéfiniment|indefinidamente)\b",
         " unlimited ",
         text,
         flags=re.I,
@@ -330,12 +333,13 @@ def _spell_numbers(text: str, language: str) -> str:
          r"centimes?\b|[.,]?\d))",
          lambda m: f"{m[1]}.{int(m[2]):02d} $"),
         # "four times an hour" is "every 15 minutes", "twice a minute" every 30 seconds.
-        (r"\b(\d+|twice|once|zweimal|einmal)\s*(?:times|fois|veces|mal)?\s+(?:an?|per|pro|par|"
+        (r"\b(\d+|twice|once|einmal|zweimal|dreimal|viermal|fünfmal|sechsmal|zehnmal|zwölfmal)\s*(?:times|fois|veces|mal)?\s+(?:an?|per|pro|par|"
          r"por|in\s+der|à\s+l['’]|la|al)\s+(minute|minuto|minuten?|hour|heure|hora|stunde|day|"
          r"jour|día|tag|week|semaine|semana|woche)\b",
          lambda m: f"every {_per_time(m[1], m[2])} seconds"),
         (r"\b(?:halved|divid\w*\s+by\s+2|divis\w*\s+par\s+2|(?:cut|reduc\w*)\s+(?:\w+\s+){0,4}?"
          r"by\s+half|de\s+moitié|a\s+la\s+mitad|halbiert)\b", "by 50 %"),
+        (r"\b(?:a|one)\s+(?:full|whole|entire)\s+(day|week|month|year)\b", r"1 \1"),
         (
             r"\b(within|in|for|up\s+to|about|after|every|over)\s+(?:a|an|one)\s+"
             r"(minute|hour|day|week|month|year)\b",
@@ -400,9 +404,15 @@ _CLOCK_TIMES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
 )  # fmt: skip
 
 
+_TIMES = {
+    "twice": 2, "once": 1, "einmal": 1, "zweimal": 2, "dreimal": 3, "viermal": 4, "fünfmal": 5,
+    "sechsmal": 6, "zehnmal": 10, "zwölfmal": 12,
+}  # fmt: skip
+
+
 def _per_time(times: str, unit: str) -> float:
     """Seconds between events that happen *times* per *unit*."""
-    count = {"twice": 2, "once": 1, "zweimal": 2, "einmal": 1}.get(times.lower()) or int(times)
+    count = _TIMES.get(times.lower()) or int(times)
     span = {
         "min": 60, "hou": 3600, "heu": 3600, "hor": 3600, "stu": 3600, "wee": 604800,
         "sem": 604800, "woc": 604800,
@@ -693,15 +703,23 @@ def _negations(text: str, language: str) -> tuple[list[str], list[str], list[str
             scope = words[at:]
         else:
             scope = words[at + 1 :]
-        if words[at] != "rather-than" and len(content_stems(" ".join(scope), language)) <= 1:
+        tail: list[str] = []
+        if words[at] in _WITHOUT:
+            # "works without a connection and syncs later": "without"
+            # governs its noun, not the clause that follows.
+            end = next((i for i, w in enumerate(scope) if w in _AND), len(scope))
+            scope, tail = scope[:end], scope[end:]
+        elif words[at] != "rather-than" and len(content_stems(" ".join(scope), language)) <= 1:
             # "... ist nicht enthalten", "X is not included": the whole segment.
             scope, at = words, 0
-        rest.append(" ".join(words[:at]))
+        rest.append(" ".join(words[:at] + tail))
         scopes.append(" ".join(scope))
         segments.append(segment)
     return scopes, rest, segments
 
 
+_WITHOUT = {"without", "ohne", "sans", "sin"}
+_AND = {"and", "but", "or", "und", "aber", "oder", "et", "mais", "ou", "y", "pero", "o"}
 _WHEN = {
     "after", "within", "once", "when", "unless", "if", "nach", "innerhalb", "wenn", "sobald",
     "après", "sous", "dans", "lorsque", "si", "tras", "después", "cuando", "al",
@@ -764,6 +782,9 @@ _AVAILABLE = re.compile(
 )
 
 
+_CONDITION = re.compile(r"\s*(?:if|whether|si|wenn|falls|sofern)\b", re.I)
+
+
 def _drops_a_negation(sentence: str, passages: Sequence[str], language: str) -> bool:
     """The sentence states what the passages state only under a negation:
     "integrates with Clover" from "It does not integrate with Clover"."""
@@ -778,7 +799,11 @@ def _drops_a_negation(sentence: str, passages: Sequence[str], language: str) -> 
     only = _stems_of(scopes, language) - stated
     if not only:
         return False
-    plain = [part for part in _SEGMENT_END.split(sentence) if not _negated(part)]
+    plain = [
+        part
+        for part in _SEGMENT_END.split(sentence)
+        if not _negated(part) and not _CONDITION.match(part)  # "if you hire through X, ..."
+    ]
     names = _name_stems([*scopes, sentence], language)
     # "VAT is not included" is dropped by saying VAT is included, not by
     # naming VAT ("VAT extra"): the denied predicate must be restated.
@@ -803,7 +828,10 @@ def _adds_a_negation(sentence: str, passages: Sequence[str], language: str) -> b
         rest += other
     negated_stems, stated = _stems_of(scopes, language), _stems_of(rest, language)
     own_scopes, _, segments = _negations(sentence, language)
+    passages_without = any(w in _WITHOUT for p in passages for w in _words(p))
     for scope, segment in zip(own_scopes, segments, strict=True):
+        if passages_without and set(_words(segment)) & _WITHOUT:
+            continue  # "sin cobertura" restating "sin conexión"
         stems = content_stems(scope, language)
         # A denial the passages make too, in other words ("card data never
         # touches X" for "it never stores card data"), is not an added one.
@@ -894,6 +922,8 @@ def check_sentence(
     replaced = {n for n in _names(" ".join(passages)) if n not in own_words}
     for entity in _entities(sentence):
         lowered = _fold(entity)
+        if lowered in _MONTHS and re.search(rf"\b{entity}\s+(?:de\s+)?(?:19|20)\d\d\b", sentence):
+            continue  # "March 2026" is checked as the date 03/2026
         if lowered in raw_cited or lowered in cited_words or lowered in known_names:
             continue
         if (
@@ -971,6 +1001,11 @@ def check_sentence(
     if item:
         reasons.append(f"it lists '{item}', which no cited passage names")
     del stems_all
+    # A close copy of a passage sentence with one or two words swapped for
+    # words no passage uses: "renewal date" for "notice deadline".
+    swap = _one_swap(sentence, passages, language, {w for n in known_names for w in _words(n)})
+    if swap:
+        reasons.append(swap)
     # "No commitment" where the passages do not waive one.
     if _NO_COMMITMENT.search(sentence) and not _NO_COMMITMENT.search(" ".join(passages)):
         reasons.append("it waives a commitment no passage waives")
@@ -1092,8 +1127,8 @@ def _named_alike(
     "Canadian" for "Canada", "ISO-27001-Zertifikat" for "ISO-27001-zertifiziert"."""
     text = " ".join(passages)
     if entity.isupper() and entity.isalpha() and 2 <= len(entity) <= 5:
-        initials = r"\b" + r"\w*\W+".join(entity) + r"\w*"
-        if re.search(initials, text):
+        initials = r"\b" + r"\w*(?:\W+\w{1,3})?\W+".join(entity) + r"\w*"
+        if re.search(initials, text, re.I):
             return True
     lowered = entity.lower()
     words = set(_words(text))
@@ -1192,8 +1227,27 @@ def _included_without_support(sentence: str, passages: Sequence[str], language: 
             continue
         what = _claim_stems(_INCLUDED.sub(" ", part), language)
         if what and not what & supported:
-            return " ".join(part.split())[:60]
+            # Said as a feature ("supports three-way matching"), it is
+            # included; said as an add-on or with a price, it is not.
+            capitalised = [w.lower() for w in _WORD.findall(part) if w[0].isupper()]
+            named = set(_stemmer(language).stemWords(capitalised))
+            about = what - named or what
+            mentions = [
+                c for p in passages for c in _clauses(p) if content_stems(c, language) & about
+            ]
+            if not mentions or any(_EXTRA.search(c) for c in mentions):
+                return " ".join(part.split())[:60]
     return None
+
+
+_EXTRA = re.compile(
+    r"\b(?:add[\s-]?ons?|extra|additional|separately|optional|surcharge|paid|costs?|priced|fees?|"
+    r"aufpreis|zusätzlich\w*|zusatz\w*|kostenpflichtig|kostet|option\w*|supplément\w*|payant\w*|"
+    r"coûte\w*|adicional\w*|opcional\w*|cuesta\w*|de\s+pago|"
+    # or only on some plans
+    r"only|nur|seulement|uniquement|solo|sólo|únicamente|exclusive\w*)\b|[€$£]",
+    re.I,
+)
 
 
 _PER_ANY = re.compile(
@@ -1400,7 +1454,8 @@ def _added_list_item(sentence: str, stems: set[str], language: str) -> str | Non
             if not own:
                 continue
             found = [s for s in own if _stem_match(s, stems)]
-            if not found or (item[:1].isupper() and len(own) == 2 and len(found) < 2):
+            capitals = _claim_stems(" ".join(w for w in item.split() if w[:1].isupper()), language)
+            if not found or any(not _stem_match(c, stems) for c in capitals):
                 return item
     return None
 
@@ -1435,6 +1490,39 @@ def _ordinal_spans(text: str) -> set[tuple[str, str]]:
             end = "last" if re.match(r"la|fi|le|de|úl", match[1], re.I) else "first"
             found.add((end, span))
     return found
+
+
+def _one_swap(sentence: str, passages: Sequence[str], language: str, known: set[str]) -> str | None:
+    """The sentence copies a passage sentence but for one short span, whose
+    content words no cited passage has: what changed is a claim, not a
+    rewording (a rewording changes more than one span)."""
+    own = _words(sentence)
+    if len(own) < 6:
+        return None
+    stems = content_stems(" ".join(passages), language)
+    stop = _STOPWORDS.get(language, _STOPWORDS["en"])
+    for passage in passages:
+        for part in re.split(r"(?<=[.!?;])\s+", passage):
+            theirs = _words(part)
+            matcher = difflib.SequenceMatcher(None, own, theirs, autojunk=False)
+            if matcher.ratio() < 0.8:
+                continue
+            changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+            if len(changes) != 1 or changes[0][0] != "replace":
+                continue
+            _, i1, i2, j1, j2 = changes[0]
+            said, given = own[i1:i2], theirs[j1:j2]
+            new = [
+                w
+                for w in said
+                if w not in stop
+                and w not in known  # the seller's own names need no passage
+                and w not in _UNITS  # a unit is checked with its number
+                and not _stem_match(_stemmer(language).stemWord(w), stems)
+            ]
+            if len(said) <= 2 and len(given) <= 2 and new:
+                return f"it says '{' '.join(said)}' where the passage says '{' '.join(given)}'"
+    return None
 
 
 def _drops_a_hedge(sentence: str, cited: str) -> bool:
@@ -1558,10 +1646,16 @@ def _alike(low: str | None, high: str | None) -> bool:
     return low in _UNITS and high in _UNITS and _UNITS[low][0] == _UNITS[high][0]
 
 
+# "As little as 15 minutes": an end said as an end.
+_BOUND = re.compile(
+    r"\bas\s+(?:little|few|short|long|low|high|much|many)\s+as\b|\banywhere\s+from\b", re.I
+)
+
+
 def _flattens_a_range(sentence: str, cited: str) -> float | None:
     """The sentence gives one end of a range in the passages ("10-20 %")
     as a flat figure, without the other end or a hedge."""
-    if _HEDGES.search(sentence):
+    if _HEDGES.search(sentence) or _BOUND.search(sentence):
         return None
     spans, pairs = _ranges(cited)
     ends: dict[tuple[float, str | None], float] = {}
