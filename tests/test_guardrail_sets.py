@@ -3,18 +3,17 @@ separate writers who never saw the guardrail code (tests/fixtures/guardrails).
 
 ``sentences.jsonl`` is the test set: never read while tuning, only scored.
 The issue's targets there (unsupported recall >= 0.95, precision >= 0.90) are
-not met by this lexical check yet: ``test_the_issue_targets`` is a strict
-xfail that turns red the day they are, and ``test_no_regression`` holds the
-figures measured now (floors are the measured figures cut to three places).
-``dev*.jsonl`` are the sets the check was tuned on (dev4 was scored once,
-after tuning, as a second held-out measure, then tuned on: 0.929 / 0.752 ->
-0.969 / 0.766).  ``dev5.jsonl`` (241 sentences by a writer who saw no
-checker code and no earlier rows) measured 0.664 / 0.764 before any tuning
-on it; it now measures 0.705 / 0.782 with rules written before it existed
-(one-time vs recurring prices and billing, a range flattened to one end,
-"helps prepare the audit" made certified, clock times), kept because they
-raised it, not tuned on its rows.  The test set stays at 0.903 / 0.886: its
-figures flatter the lexical check on unseen writing."""
+not met by this lexical check: ``test_the_issue_targets`` is a strict xfail
+that turns red the day they are, and ``test_no_regression`` holds the figures
+measured now (floors are the measured figures cut to three places).
+
+``dev*.jsonl`` are the sets the check was tuned on.  Each later one was
+written by a new writer who read no checker code and no earlier rows, and
+was scored before any tuning on it: dev5 0.664 / 0.764, dev6 0.740 / 0.725,
+dev7 0.770 / 0.694 (with the check as it was before dev5 and dev6 tuning,
+0.790 / 0.693 after it).  Rules written for one writer's sentences barely
+move the next writer's: the test set's figures flatter the lexical check on
+unseen writing."""
 
 from __future__ import annotations
 
@@ -44,13 +43,14 @@ def score(name: str) -> tuple[float, float]:
 @pytest.mark.parametrize(
     ("name", "recall", "precision"),
     [
-        ("sentences.jsonl", 0.922, 0.887),  # measured 0.922 / 0.888 (95/103, 95/107)
-        ("dev.jsonl", 1.000, 0.916),  # 1.000 / 0.917
-        ("dev2.jsonl", 0.972, 0.921),  # 0.973 / 0.922
-        ("dev3.jsonl", 0.977, 0.924),  # 0.977 / 0.925
-        ("dev4.jsonl", 0.979, 0.800),  # 0.980 / 0.800
-        ("dev5.jsonl", 0.885, 0.946),  # 0.885 / 0.947: a fresh writer (0.664 / 0.764 before)
-        ("dev6.jsonl", 0.850, 0.794),  # 0.850 / 0.794: another (0.740 / 0.725 before)
+        ("sentences.jsonl", 0.912, 0.894),  # measured 0.913 / 0.895 (94/103, 94/105)
+        ("dev.jsonl", 0.988, 0.955),  # 0.989 / 0.956
+        ("dev2.jsonl", 0.972, 0.929),  # 0.973 / 0.930
+        ("dev3.jsonl", 0.977, 0.934),  # 0.977 / 0.935
+        ("dev4.jsonl", 0.979, 0.827),  # 0.980 / 0.828
+        ("dev5.jsonl", 0.901, 0.956),  # 0.902 / 0.957: a fresh writer (0.664 / 0.764 before)
+        ("dev6.jsonl", 0.900, 0.833),  # 0.900 / 0.833: another (0.740 / 0.725 before)
+        ("dev7.jsonl", 0.789, 0.692),  # 0.790 / 0.693: held out, never tuned on
     ],
 )
 def test_no_regression(name: str, recall: float, precision: float) -> None:
@@ -58,7 +58,7 @@ def test_no_regression(name: str, recall: float, precision: float) -> None:
     assert got_recall >= recall and got_precision >= precision, (got_recall, got_precision)
 
 
-@pytest.mark.xfail(strict=True, reason="the lexical check measures 0.903 / 0.886 on the test set")
+@pytest.mark.xfail(strict=True, reason="the lexical check measures 0.913 / 0.895 on the test set")
 def test_the_issue_targets() -> None:
     recall, precision = score("sentences.jsonl")
     assert recall >= 0.95 and precision >= 0.90

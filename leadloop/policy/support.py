@@ -30,7 +30,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from stop_words import get_stop_words
 from text_to_num import alpha2digit
 
-OVERLAP_MIN = 0.4
+OVERLAP_MIN = 0.3
 """Share of the sentence's content words (stemmed) found in the cited passages."""
 PART_OVERLAP_MIN = 0.25
 """The same for each part of it between commas, semicolons and "and also"."""
@@ -177,7 +177,7 @@ _HEDGES = re.compile(
 _NOT_YET = re.compile(
     r"\b(?:planned|planning|roadmap|coming|upcoming|beta\w*|\w+beta|preview|pilot\w*|soon|"
     r"later\s+this|will\s+(?:be\s+)?(?:launch|releas|arriv|ship)\w*|"
-    r"in\s+progress|underway|pending|in\s+development|not\s+yet|"
+    r"in\s+progress|underway|pending|in\s+development|not\s+yet|working\s+toward\w*|"
     r"geplant\w*|planung|vorschau|demnächst|bald|in\s+arbeit|in\s+entwicklung|noch\s+nicht|"
     r"prévu\w*|bientôt|feuille\s+de\s+route|bêta|en\s+cours|en\s+développement|pas\s+encore|"
     r"previst\w*|planead\w*|próximamente|pronto|hoja\s+de\s+ruta|en\s+curso|"
@@ -199,7 +199,8 @@ _ABSOLUTES = re.compile(
 _DISCOUNT = re.compile(
     r"\b(?:discount\w*|rabatt\w*|remise\w*|descuento\w*|\d+\s?%\s*off|off\s+(?:the|your)\s+\w+|"
     r"nachlass|preisnachlass|réduction\w*|rebaja\w*|promo\w*|waive\w*|erlass\w*|offert\w*|"
-    r"regal\w*)\b",
+    r"regal\w*|offr\w*\s+(?:les\s+|la\s+|le\s+)?(?:frais|mise\s+en\s+place|installation|"
+    r"premiers?\s+mois|abonnement))\b",
     re.I,
 )
 _UNIVERSAL = re.compile(
@@ -547,6 +548,10 @@ def _periods_said(prepared: str) -> set[tuple[str, float]]:
     return found
 
 
+# "SOC 1", "Type 1", "Tier 1": a one that is part of a name, not an article.
+_NAMED_NUMBER = re.compile(r"\b([A-Z][\w-]*)\s+1\b(?![.,]\d)")
+
+
 def number_supported(
     value: float, unit: str | None, passage_amounts: set[tuple[str, float]]
 ) -> bool:
@@ -871,7 +876,7 @@ def _stem_match(stem: str, stems: set[str]) -> bool:
     return any(len(other) >= 6 and other[:6] == stem[:6] for other in stems)
 
 
-_GERMAN_PLACE = re.compile(r"\b(?:in|aus|nach|bei)\s+\x00")
+_GERMAN_PLACE = re.compile(r"\b(?:in|aus|nach|bei)\s+(?:\S+\s+(?:und|oder)\s+)?\x00")
 
 
 def check_sentence(
@@ -898,6 +903,9 @@ def check_sentence(
     # Numbers: each one, or the same duration said otherwise, in a passage.
     passage_amounts = amounts_of([(v, k) for v, k, _ in _number_spans(cited)])
     passage_amounts |= _periods_said(cited)
+    named_one = _NAMED_NUMBER.search(sentence)  # written "1", not "a" or "one"
+    if named_one and ("n", 1.0) not in passage_amounts:
+        reasons.append(f"the number 1 of {named_one[1]} is in no cited passage")
     for value, unit, _ in _number_spans(own_text):
         if not number_supported(value, unit, passage_amounts):
             shown = int(value) if value == int(value) else value
@@ -920,8 +928,11 @@ def check_sentence(
     # the overlap and the checks above judge.
     own_words = set(_words(sentence))
     replaced = {n for n in _names(" ".join(passages)) if n not in own_words}
+    stop = _STOPWORDS.get(language, _STOPWORDS["en"])
     for entity in _entities(sentence):
         lowered = _fold(entity)
+        if lowered in stop and not entity.isupper():
+            continue  # "Avec Traçalis", "On the Pro plan": a capitalised first word
         if lowered in _MONTHS and re.search(rf"\b{entity}\s+(?:de\s+)?(?:19|20)\d\d\b", sentence):
             continue  # "March 2026" is checked as the date 03/2026
         if lowered in raw_cited or lowered in cited_words or lowered in known_names:
@@ -1006,6 +1017,13 @@ def check_sentence(
     swap = _one_swap(sentence, passages, language, {w for n in known_names for w in _words(n)})
     if swap:
         reasons.append(swap)
+    # "Every plan" where the passages name the one plan it is on.
+    widened = _widened_scope(own_text, cited, language)
+    if widened:
+        reasons.append(widened)
+    # A plan or a date no passage announces: "will add Germany later this year".
+    if _NOT_YET.search(own_text) and not _NOT_YET.search(cited):
+        reasons.append(f"'{_NOT_YET.search(own_text)[0]}' announces what no passage does")  # type: ignore[index]
     # "No commitment" where the passages do not waive one.
     if _NO_COMMITMENT.search(sentence) and not _NO_COMMITMENT.search(" ".join(passages)):
         reasons.append("it waives a commitment no passage waives")
@@ -1156,7 +1174,8 @@ _HELPS = re.compile(
     r"\b(?:help\w*|assist\w*|support\w*|prepar\w*|ready|unterstütz\w*|hilf\w*|helfen|"
     r"aide\w*|accompagn\w*|facilit\w*|prépar\w*|ayud\w*|apoy\w*|prepar\w*|"
     r"working\s+toward\w*|pursu\w*|arbeite\w*\s+an|strebt|en\s+cours\s+de|en\s+vue\s+de|"
-    r"en\s+proceso\s+de|trabaja\w*\s+(?:en|hacia|para))\b",
+    r"en\s+proceso\s+de|trabaja\w*\s+(?:en|hacia|para)|"
+    r"\w*[\s-]eligible|éligible\w*|elegible\w*)\b",
     re.I,
 )
 
@@ -1168,14 +1187,12 @@ _AUDIT = re.compile(r"\b(?:audit\w*|prüfung\w*|auditoría\w*|zertifizierungsaud
 def _claims_compliance_it_helps_with(sentence: str, cited: str, language: str) -> bool:
     """The passages say the product helps with compliance or a
     certification; the sentence says it delivers that same one."""
-    helped = [
-        c
-        for c in _clauses(cited)
-        if (_COMPLIANCE.search(c) or _AUDIT.search(c)) and _HELPS.search(c)
-    ]
+    helped = [c for c in _clauses(cited) if _HELPS.search(c)]
     if not helped:
         return False
+    # What is helped with, less the product that helps (the clause's subject).
     about = _stems_of([_AUDIT.sub(" ", _COMPLIANCE.sub(" ", c)) for c in helped], language)
+    about -= _stems_of([c.split()[0] for c in helped if c.split()], language)
     return any(
         _COMPLIANCE.search(clause)
         and not _HELPS.search(clause)
@@ -1492,6 +1509,42 @@ def _ordinal_spans(text: str) -> set[tuple[str, str]]:
     return found
 
 
+_ONLY = re.compile(
+    r"\b(?:only|nur|seulement|uniquement|exclusivement|solo|sólo|únicamente)\b", re.I
+)
+
+
+def _widened_scope(sentence: str, cited: str, language: str) -> str | None:
+    """ "On every plan" (all, any, jeder, tous, todos) where the passages
+    give the thing to one named kind only ("on the Business plan only",
+    "im Tarif Profi"), and never say every."""
+    stemmer = _stemmer(language)
+    stop = _STOPWORDS.get(language, _STOPWORDS["en"])
+    cited_words = _WORD.findall(cited)
+    for match in _UNIVERSAL.finditer(sentence):
+        following = _WORD.findall(sentence[match.end() : match.end() + 40])[:3]
+        nouns = [w for w in following if w.lower() not in stop and not w[0].isupper()]
+        if language == "de":
+            nouns = [w for w in following if w.lower() not in stop]
+        for noun in nouns[:1]:
+            stem = stemmer.stemWord(noun.lower())
+            said = [i for i, w in enumerate(cited_words) if stemmer.stemWord(w.lower()) == stem]
+            if not said:
+                continue
+            universal = any(
+                _UNIVERSAL.fullmatch(w) for i in said for w in cited_words[max(0, i - 3) : i]
+            )
+            named = any(
+                w[0].isupper() and w.lower() not in stop
+                for i in said
+                for w in [*cited_words[max(0, i - 2) : i], *cited_words[i + 1 : i + 2]]
+            )
+            # German capitalises every noun: "im Tarif Profi" is named alike.
+            if named and not universal and (_ONLY.search(cited) or language == "de"):
+                return f"'{match[0]} {noun}' where the passage names one {noun}"
+    return None
+
+
 def _one_swap(sentence: str, passages: Sequence[str], language: str, known: set[str]) -> str | None:
     """The sentence copies a passage sentence but for one short span, whose
     content words no cited passage has: what changed is a claim, not a
@@ -1655,8 +1708,9 @@ _BOUND = re.compile(
 def _flattens_a_range(sentence: str, cited: str) -> float | None:
     """The sentence gives one end of a range in the passages ("10-20 %")
     as a flat figure, without the other end or a hedge."""
-    if _HEDGES.search(sentence) or _BOUND.search(sentence):
-        return None
+    hedges = {h.lower() for h in _HEDGES.findall(sentence)}
+    if hedges - {h.lower() for h in _HEDGES.findall(cited)} or _BOUND.search(sentence):
+        return None  # "from 10 weeks", "up to 10 weeks" for "6 to 10 weeks"
     spans, pairs = _ranges(cited)
     ends: dict[tuple[float, str | None], float] = {}
     flat: set[tuple[float, str | None]] = set()
