@@ -11,7 +11,7 @@ import json
 import sqlite3
 import stat
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from leadloop.agent.lifecycle import State, create_lead, transition
 from leadloop.agent.screening import suppress as screening_suppress
 from leadloop.clock import ManualClock
 from leadloop.config import load
+from leadloop.research.job import claim_run, release_run
 from leadloop.storage import repo
 from leadloop.storage.db import Database, open_database
 from leadloop.storage.models import (
@@ -525,6 +526,49 @@ async def test_retention_strips_old_raw_mail_and_keeps_decisions(
     [event] = await control_events(sqlite_db, "control.retention")
     assert event.data == {"inbound": 1, "outbound": 1, "drafts": 0}
     assert await controls.run_retention(sqlite_db, make_config(""), T0) == 0  # 0 keeps all
+
+
+async def test_a_claimed_job_runs_once_a_period_and_a_released_one_again_soon(
+    sqlite_db: Database,
+) -> None:
+    """claim_run lets one run through per period; release_run (a failed run)
+    lets the next claim through after retry_in instead of a whole period."""
+    day, hour = timedelta(days=1), timedelta(hours=1)
+    assert await claim_run(sqlite_db, "job.test", day, T0)
+    assert not await claim_run(sqlite_db, "job.test", day, T0 + timedelta(hours=23))
+    assert await claim_run(sqlite_db, "job.test", day, T0 + day)
+    await release_run(sqlite_db, "job.test", day, T0 + day, retry_in=hour)
+    assert not await claim_run(sqlite_db, "job.test", day, T0 + day + timedelta(minutes=59))
+    assert await claim_run(sqlite_db, "job.test", day, T0 + day + hour)
+    assert not await claim_run(sqlite_db, "job.test", day, T0 + day + 2 * hour)
+
+
+async def test_failed_retention_is_tried_again_within_the_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's daily retention run fails once (an injected fault): it
+    runs again an hour later, not the next day, and then once a day."""
+    calls: list[datetime] = []
+    real = controls.run_retention
+
+    async def flaky(db: Database, loaded: Any, now: datetime, **kw: Any) -> int:
+        calls.append(now)
+        if len(calls) == 1:
+            raise OSError("disk full")  # a fault the real database does not make on demand
+        return await real(db, loaded, now, **kw)
+
+    monkeypatch.setattr(controls, "run_retention", flaky)
+    async with world(tmp_path, extra="[privacy]\nraw_mail_days = 30\n") as w:
+        start = w.clock.now()
+        for minutes in (0, 30, 59, 60, 90, 24 * 60 + 59, 24 * 60 + 60):
+            w.clock.advance(start + timedelta(minutes=minutes) - w.clock.now())
+            await w.service.periodic_jobs()
+    assert [c - start for c in calls] == [
+        timedelta(0),
+        timedelta(hours=1),
+        timedelta(hours=25),
+    ]
+    assert "retention failed; will try again in 1:00:00" in caplog.text
 
 
 # -- the command line ---------------------------------------------------------

@@ -91,6 +91,8 @@ class AlreadyRunning(Exception):
 # Reconnect backoff: 1 s doubling to 5 minutes, with jitter so that many
 # mailboxes on one server do not retry in step.  After the third refused
 # login, at most one login per 5 minutes, so the server never locks us out.
+JOB_RETRY = timedelta(hours=1)
+"""A periodic job (research, retention) that failed is tried again this much later."""
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
 AUTH_FAILURES_BEFORE_SLOWDOWN = 3
@@ -927,19 +929,26 @@ class Service:
         if self.db is None or self.sender is None:
             return
         from leadloop.report.digest import send_due_digests
-        from leadloop.research.job import RESEARCH_JOB, RETENTION_JOB, claim_run, run_research
+        from leadloop.research.job import (
+            RESEARCH_JOB,
+            RETENTION_JOB,
+            claim_run,
+            run_research,
+        )
 
         settings = self.loaded.settings
         now = self.clock.now()
         staff = self.planner.staff if self.planner is not None else None
+        interval, claimed = settings.research.interval, False
         try:
-            if staff is not None and await claim_run(
-                self.db, RESEARCH_JOB, settings.research.interval, now
-            ):
+            if staff is not None and await claim_run(self.db, RESEARCH_JOB, interval, now):
+                claimed = True
                 log.info("research run %s", await run_research(self.db, self.loaded, staff, now))
         except Exception:
-            log.exception("the research job failed; will try at its next interval")
+            log.exception("the research job failed; will try again in %s", JOB_RETRY)
             self.metrics.error("research")
+            if claimed:
+                await self._release(RESEARCH_JOB, interval, now)
         try:
             async with self.db.transaction() as session:
                 queued = await send_due_digests(session, self.loaded, self.sender.settings, now)
@@ -949,18 +958,30 @@ class Service:
         except Exception:
             log.exception("the seller digests failed; will try at the next tick")
             self.metrics.error("digest")
+        day, claimed = timedelta(days=1), False
         try:
-            if settings.privacy.raw_mail_days and await claim_run(
-                self.db, RETENTION_JOB, timedelta(days=1), now
-            ):
+            if settings.privacy.raw_mail_days and await claim_run(self.db, RETENTION_JOB, day, now):
                 from leadloop.agent.controls import run_retention
 
+                claimed = True
                 stripped = await run_retention(self.db, self.loaded, now)
                 log.info("retention stripped=%d messages older than %d days",
                          stripped, settings.privacy.raw_mail_days)  # fmt: skip
         except Exception:
-            log.exception("retention failed; will try tomorrow")
+            log.exception("retention failed; will try again in %s", JOB_RETRY)
             self.metrics.error("retention")
+            if claimed:
+                await self._release(RETENTION_JOB, day, now)
+
+    async def _release(self, job: str, every: timedelta, now: datetime) -> None:
+        """Give a failed periodic job back, to be tried again in JOB_RETRY."""
+        from leadloop.research.job import release_run
+
+        assert self.db is not None
+        try:
+            await release_run(self.db, job, every, now, retry_in=JOB_RETRY)
+        except Exception:  # the database itself is failing: the next period then
+            log.exception("could not give back the %s run", job)
 
     async def push_events(self) -> None:
         """New events to ``[events] webhook_url`` (its own job: a slow

@@ -71,6 +71,19 @@ async def claim_run(db: Database, name: str, every: timedelta, now: datetime) ->
         return False
 
 
+async def release_run(
+    db: Database, name: str, every: timedelta, now: datetime, *, retry_in: timedelta
+) -> None:
+    """A claimed run of *name* failed: let the next claim through once
+    *retry_in* has passed, not a whole *every* later (a daily job that
+    failed at 03:00 is tried again at 04:00, not tomorrow)."""
+    async with db.transaction() as session:
+        row = await session.get(Control, name, with_for_update=True)
+        if row is not None:
+            row.value = {"at": (now - every + retry_in).isoformat(), "failed_at": now.isoformat()}
+            row.updated_at = now
+
+
 @dataclass
 class ResearchRun:
     routed: int = 0
