@@ -1099,6 +1099,9 @@ class ResearchConfig(_Section):
     allow_private_addresses: bool = False
     """Fetch from loopback and private networks too (tests, intranets);
     off, a domain resolving there is skipped."""
+    currency: str = Field(default="", pattern=r"^(?:[A-Z]{3})?$")
+    """ISO 4217 code of the leads file's ``open_opportunity_value`` (the
+    CRM's currency), shown with the value in research and the digest."""
 
 
 class DigestConfig(_Section):

@@ -33,7 +33,7 @@ from leadloop.research.actions import (
     suggest,
     suggest_for,
 )
-from leadloop.research.priority import Ranked, prioritize, recency_of
+from leadloop.research.priority import AccountTie, Ranked, prioritize, recency_of
 from leadloop.storage import repo
 from leadloop.storage.db import Database
 from leadloop.storage.models import (
@@ -689,3 +689,9 @@ def test_leads_list_prioritized_command(
     assert rows[0]["action"] == "none"
     assert "the company maps to no account" in rows[0]["action_reason"]
     assert rows[0]["icp"] == {"band": "high", "score": 1.0}
+
+
+def test_an_open_opportunity_value_is_shown_with_the_configured_currency() -> None:
+    tie = AccountTie("Kim Co", "kim-co.example", 0, Decimal("40000"), "EUR")
+    assert tie.describe() == "account Kim Co: EUR 40,000 in open opportunities"
+    assert replace(tie, currency="").describe() == "account Kim Co: 40,000 in open opportunities"

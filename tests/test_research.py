@@ -9,7 +9,7 @@ import itertools
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
@@ -273,6 +273,8 @@ async def test_facts_of_a_lead_at_an_account(
         "Account: Buyer Inc (buyer.example); 2 leads; open opportunities 12,500.00; "
         "also there: Bob Brown (new)."
     )
+    # With [research] currency the value says what it is.
+    assert "open opportunities EUR 12,500.00;" in replace(research, currency="EUR").summary()
     assert lines[1] == (
         "History: 1 thread, 2 from them, 1 from us, last contact 2026-02-20, "
         "last intent meeting_request."

@@ -273,6 +273,7 @@ mailbox = "ana"
         ('[[sellers]]\naddress = "ana@acme.example"\n' * 2, "is listed twice"),
         ('[[sellers]]\naddress = "ana@acme.example"\ntimezone = "Mars/Base"\n', "unknown time"),
         ('[research]\nmode = "sell"\n', "research.mode"),
+        ('[research]\ncurrency = "euro"\n', "research.currency"),
         ('[[cadences]]\nname = "x"\nmode = "quiet"\n', "line 32: cadences[0].mode"),
     ],
 )

@@ -64,6 +64,12 @@ LISTED = 10
 WEBSITE_CONCURRENCY = 4
 
 
+def money(value: Decimal, currency: str, places: int) -> str:
+    """*value* with its currency code when one is known: "EUR 12,000"."""
+    amount = f"{value:,.{places}f}"
+    return f"{currency} {amount}" if currency else amount
+
+
 @dataclass(frozen=True)
 class Colleague:
     """One of ours who exchanged mail with the lead or someone at its domain."""
@@ -144,6 +150,8 @@ class LeadResearch:
     """Leads at the account (or the domain), this one included."""
     overview: WebsiteOverview | None
     researched_at: datetime
+    currency: str = ""
+    """Of ``open_opportunity_value`` (``[research] currency``)."""
 
     def summary(self) -> str:
         """Two to four plain-text lines for the seller digest and drafts."""
@@ -167,7 +175,8 @@ class LeadResearch:
         if self.domain is not None:
             parts.append(_plural(self.account_lead_count, "lead"))
         if self.open_opportunity_value is not None:
-            parts.append(f"open opportunities {self.open_opportunity_value:,.2f}")
+            value = money(self.open_opportunity_value, self.currency, 2)
+            parts.append(f"open opportunities {value}")
         if self.other_leads:
             others = ", ".join(f"{o.name or o.email} ({o.state})" for o in self.other_leads[:3])
             parts.append(f"also there: {others}")
@@ -225,6 +234,7 @@ class LeadResearch:
             "open_opportunity_value": (
                 None if self.open_opportunity_value is None else str(self.open_opportunity_value)
             ),
+            "currency": self.currency or None,
             "account_lead_count": self.account_lead_count,
             "overview": (
                 None
@@ -635,6 +645,7 @@ async def research_lead(
         contacts=contacts,
         conversation=await _conversation(session, lead.id),
         open_opportunity_value=account.open_opportunity_value if account else None,
+        currency=loaded_config.settings.research.currency,
         account_lead_count=other_count + 1 if scope_domain or account else 1,
         overview=overview,
         researched_at=now,

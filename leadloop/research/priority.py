@@ -49,6 +49,7 @@ from leadloop.policy.qualify import (
     purchase_interest,
 )
 from leadloop.research.actions import Suggestion, batches, suggest_for
+from leadloop.research.facts import money
 from leadloop.storage.models import Account, Click, Event, InboundMessage, Lead
 
 CLOSED_STATES = (State.WON, State.LOST, State.DISQUALIFIED, State.OPTED_OUT, State.INVALID)
@@ -110,6 +111,8 @@ class AccountTie:
     domain: str | None
     other_leads: int
     open_value: Decimal | None
+    currency: str = ""
+    """Of ``open_value`` (``[research] currency``); "" shows the number alone."""
 
     @property
     def linked(self) -> bool:
@@ -131,7 +134,7 @@ class AccountTie:
         if self.other_leads:
             parts.append(_plural(self.other_leads, "other lead", "other leads"))
         if self.open_value is not None and self.open_value > 0:
-            parts.append(f"{self.open_value:,.0f} in open opportunities")
+            parts.append(f"{money(self.open_value, self.currency, 0)} in open opportunities")
         shown = f"account {self.name or self.domain}"
         return f"{shown}: {', '.join(parts)}" if parts else shown
 
@@ -300,7 +303,11 @@ async def prioritize(
         )
         tie = (
             AccountTie(
-                account[0].name, account[0].domain, account[1], account[0].open_opportunity_value
+                account[0].name,
+                account[0].domain,
+                account[1],
+                account[0].open_opportunity_value,
+                loaded.settings.research.currency,
             )
             if account
             else AccountTie(None, None, 0, None)
