@@ -126,6 +126,34 @@ def test_second_daemon_refused(daemon: Daemon, tmp_path: Path) -> None:
     assert first.wait(timeout=30) == 0
 
 
+def test_second_daemon_on_the_same_sqlite_file_refused(tmp_path: Path) -> None:
+    """Two state directories pointing at one SQLite file: the second daemon
+    exits 69 naming the database and the first daemon's state directory."""
+    shared = tmp_path / "shared.db"
+    database = f'[database]\nurl = "sqlite:///{shared}"\n'
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    for home in (first_dir, second_dir):
+        home.mkdir()
+        (home / "config.toml").write_text(CONFIG.format(poll="0.2s") + database)
+    first = Daemon(first_dir)
+    proc = first.start()
+    try:
+        wait_for(lambda: first.logged("started pid="), "the first daemon")
+        second = subprocess.run(
+            [sys.executable, "-m", "leadloop", "--config", str(second_dir / "config.toml"), "run"],
+            capture_output=True,
+            text=True,
+            timeout=120,  # a daemon that was not refused would run on
+        )
+        assert second.returncode == 69, second.stderr
+        assert f"is running on the SQLite database {shared}" in second.stderr
+        assert f"pid {proc.pid}, state directory {first_dir / 'var'}" in second.stderr
+        assert not (second_dir / "var" / "leadloop.pid").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
 def test_reload_keeps_running_config_when_invalid(daemon: Daemon) -> None:
     """SIGHUP with a broken file is refused, naming key and line, and the old config keeps
     working; `leadloop reload` applies a valid edit."""

@@ -265,14 +265,20 @@ class Watcher:
 
 
 class InstanceLock:
-    """One daemon per state directory (and so per SQLite database): a lock
-    file held for the life of the process, plus the PID file that
-    ``leadloop reload`` reads."""
+    """One daemon per state directory and per SQLite database: lock files
+    held for the life of the process, plus the PID file that ``leadloop
+    reload`` reads.  Two state directories pointing at one SQLite file
+    would each pass the first lock; the second lock, beside the database,
+    refuses that (several daemons need PostgreSQL)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, sqlite_file: Path | None = None) -> None:
         self.lock_path = state_dir / "leadloop.lock"
         self.pid_path = state_dir / PID_FILE
+        self.db_lock_path = (
+            sqlite_file.with_name(sqlite_file.name + ".leadloop-lock") if sqlite_file else None
+        )
         self._handle: IO[str] | None = None
+        self._db_handle: IO[str] | None = None
 
     def acquire(self) -> None:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,10 +292,38 @@ class InstanceLock:
                 f"another leadloop (pid {pid or 'unknown'}) is running with state directory "
                 f"{self.lock_path.parent}"
             ) from None
+        if self.db_lock_path is not None:
+            try:
+                self._db_handle = self._lock_database(self.db_lock_path)
+            except AlreadyRunning:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+                raise
         self._handle = handle
         tmp = self.pid_path.with_suffix(".tmp")
         tmp.write_text(f"{os.getpid()}\n")
         tmp.replace(self.pid_path)
+
+    def _lock_database(self, path: Path) -> IO[str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            database = path.with_name(path.name.removesuffix(".leadloop-lock"))
+            raise AlreadyRunning(
+                f"another leadloop ({holder}) is running on the SQLite database {database}; "
+                "SQLite serves one daemon: give each its own database, or use PostgreSQL "
+                "for several"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, state directory {self.lock_path.parent}\n")
+        handle.flush()
+        return handle
 
     def release(self) -> None:
         if self._handle is None:
@@ -297,9 +331,23 @@ class InstanceLock:
         with contextlib.suppress(FileNotFoundError):
             if read_pid(self.pid_path.parent) == os.getpid():
                 self.pid_path.unlink()
+        if self._db_handle is not None:
+            fcntl.flock(self._db_handle, fcntl.LOCK_UN)
+            self._db_handle.close()
+            self._db_handle = None
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
+
+
+def sqlite_file(loaded: LoadedConfig) -> Path | None:
+    """The SQLite database file the daemon uses; None on PostgreSQL or in memory."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(loaded.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).resolve()
 
 
 def read_pid(state_dir: Path) -> int | None:
@@ -325,7 +373,7 @@ class Service:
         self.wake = asyncio.Event()
         self.tasks = TaskKeeper()
         self.watchers: dict[str, Watcher] = {}
-        self.lock = InstanceLock(loaded.state_dir)
+        self.lock = InstanceLock(loaded.state_dir, sqlite_file(loaded))
         self.db: Database | None = None
         self.pipeline: Pipeline | None = None
         self.sender: Sender | None = None
