@@ -10,7 +10,10 @@ one outbound mail per lead.  Times, on this data:
 2. the same again with nothing stale: what a daemon pays every
    ``[research] interval`` when nothing changed;
 3. ``prioritize`` over all open leads (``research/priority.py``);
-4. ``build_digest`` for one seller owning N/5 leads (``report/digest.py``).
+4. ``build_digest`` for one seller owning N/5 leads (``report/digest.py``);
+5. ``leads erase`` of one lead with mail (``agent/controls.py``): its rows
+   deleted, mentions redacted, and every text, JSON and bytes column of the
+   database scanned for the address before the commit.
 
 Prints each duration, leads per second where it applies, and the peak RSS.
 Exits 1 when a step did not produce what it should (a research row per lead,
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
+from leadloop.agent.controls import PrivacyKey, erase
 from leadloop.config import loads
 from leadloop.report.digest import build_digest
 from leadloop.research.facts import refresh_research
@@ -184,6 +188,17 @@ async def main(leads: int, mails: int) -> int:
                 start = time.perf_counter()
                 digest = await build_digest(session, loaded, SELLERS[0], NOW)
                 digesting = time.perf_counter() - start
+            start = time.perf_counter()
+            async with db.transaction() as session:
+                erased = await erase(
+                    session, "p1@co1.example", actor="bench", reason="bench",
+                    now=NOW, key=PrivacyKey(b"k" * 32),
+                )  # fmt: skip
+            erasing = time.perf_counter() - start
+            async with db.sessions() as session:
+                left = await session.scalar(
+                    select(func.count()).select_from(Lead).where(Lead.email == "p1@co1.example")
+                )
         finally:
             await db.dispose()
     print(f"data: {leads} leads at {max(1, leads // 10)} accounts, {mails} inbound mails")
@@ -191,6 +206,8 @@ async def main(leads: int, mails: int) -> int:
     print(f"research, none stale:  {warm:7.2f} s  ({again.leads} recomputed)")
     print(f"prioritize all:        {ranking:7.2f} s  {len(ranked) / ranking:8.0f} leads/s")
     print(f"one seller's digest:   {digesting:7.2f} s  ({len(digest.text.splitlines())} lines)")
+    deleted = sum(erased.deleted.values())
+    print(f"erase one lead:        {erasing:7.2f} s  ({deleted} rows deleted)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS:              {rss:7.0f} MiB")
     if rows != leads or first.leads != leads:
@@ -198,6 +215,9 @@ async def main(leads: int, mails: int) -> int:
         failed = True
     if len(ranked) != leads:
         print(f"FAILED: {len(ranked)} ranked of {leads} open leads")
+        failed = True
+    if left or not erased.lead:
+        print("FAILED: the erased lead is still there")
         failed = True
     return 1 if failed else 0
 
