@@ -1017,6 +1017,10 @@ def check_sentence(
     swap = _one_swap(sentence, passages, language, {w for n in known_names for w in _words(n)})
     if swap:
         reasons.append(swap)
+    # One customer's result stated as what everyone gets.
+    customer = _generalised_result(own_text, passages, language)
+    if customer:
+        reasons.append(f"it states {customer}'s result as a general one")
     # "Every plan" where the passages name the one plan it is on.
     widened = _widened_scope(own_text, cited, language)
     if widened:
@@ -1512,6 +1516,41 @@ def _ordinal_spans(text: str) -> set[tuple[str, str]]:
 _ONLY = re.compile(
     r"\b(?:only|nur|seulement|uniquement|exclusivement|solo|sólo|únicamente)\b", re.I
 )
+
+
+# A case study's verb: what one customer did or saw ("cut", "reduced", "redujeron").
+_RESULT_VERB = re.compile(
+    r"\b(?:\w+ed|cut|grew|saw|won|took|ran|made|got|kept|brought|recibe|reduj\w+|"
+    r"senkte|steigerte|reduzierte|spart\w*|a\s+réduit|ont\s+réduit|réduit|gagné|ahorr\w+|"
+    r"aument\w+)\b",
+    re.I,
+)
+_CASE_STUDY = re.compile(
+    r"^(?:case\s+study|étude\s+de\s+cas|fallstudie|caso\s+de\s+éxito|caso\s+práctico)\s*:\s*",
+    re.I,
+)
+_SUBJECT = re.compile(r"(?:[A-ZÄÖÜÉ][\w&'’.-]*\s+){1,4}")
+
+
+def _generalised_result(sentence: str, passages: Sequence[str], language: str) -> str | None:
+    """A percentage the passages give as what one named customer achieved
+    ("Pellinor Haulage cut its fuel spend by 9 %"), restated without naming
+    that customer ("idling alerts cut fuel spend by 9 %")."""
+    said = {round(v, 4) for v, kind, _ in _number_spans(sentence) if kind == "%"}
+    if not said:
+        return None
+    lowered = sentence.lower()
+    for passage in passages:
+        for part in re.split(r"(?<=[.!?])\s+", passage):
+            part = _CASE_STUDY.sub("", part)
+            subject = _SUBJECT.match(part)
+            if subject is None or not _RESULT_VERB.search(part[subject.end() : subject.end() + 60]):
+                continue
+            given = {round(v, 4) for v, kind, _ in _number_spans(part) if kind == "%"}
+            names = [w for w in subject[0].split() if w[0].isupper()]
+            if given & said and not any(w.lower() in lowered for w in names):
+                return " ".join(names)
+    return None
 
 
 def _widened_scope(sentence: str, cited: str, language: str) -> str | None:
