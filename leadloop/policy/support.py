@@ -1008,10 +1008,9 @@ def check_sentence(
     if swapped:
         reasons.append(swapped)
     # A list with an item the passages do not name: "SCORM, xAPI and cmi5".
-    item = _added_list_item(own_text, stems_all := content_stems(cited, language), language)
+    item = _added_list_item(own_text, stems, language)
     if item:
         reasons.append(f"it lists '{item}', which no cited passage names")
-    del stems_all
     # A close copy of a passage sentence with one or two words swapped for
     # words no passage uses: "renewal date" for "notice deadline".
     swap = _one_swap(sentence, passages, language, {w for n in known_names for w in _words(n)})
@@ -1044,9 +1043,9 @@ def check_sentence(
         reasons.append("'free' offers what no passage offers")
     # Everything else: the content words must come from the passages, in
     # the sentence as a whole and in each of its parts.
-    stems = content_stems(cited, language)  # the passages keep their unit words
+    # (The passages keep their unit words; only the sentence's go to the number check.)
     if _INCLUDED.search(cited) or _FREE_WORD.search(cited):
-        stems |= content_stems("included free", language)  # "at no extra cost" is either
+        stems = stems | content_stems("included free", language)  # "at no extra cost" is either
     overlap = _overlap(_claim_stems(own_text, language), stems)
     if overlap < OVERLAP_MIN:
         reasons.append(f"only {overlap:.0%} of its words are in the cited passages")
