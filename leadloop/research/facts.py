@@ -158,7 +158,7 @@ class LeadResearch:
         lines = [self._account_line(), self._history_line()]
         if self.colleagues:
             known = "; ".join(
-                f"{c.label()} ({_plural(c.messages, 'mail')}, last {c.last_at:%Y-%m-%d})"
+                f"{c.label()} ({plural(c.messages, 'mail')}, last {c.last_at:%Y-%m-%d})"
                 for c in self.colleagues[:3]
             )
             lines.append(f"Knows them: {known}.")
@@ -173,7 +173,7 @@ class LeadResearch:
             where = f"{self.account_name} ({self.domain})"
         parts = [f"Account: {where}"]
         if self.domain is not None:
-            parts.append(_plural(self.account_lead_count, "lead"))
+            parts.append(plural(self.account_lead_count, "lead"))
         if self.open_opportunity_value is not None:
             value = money(self.open_opportunity_value, self.currency, 2)
             parts.append(f"open opportunities {value}")
@@ -189,7 +189,7 @@ class LeadResearch:
         if not (c.inbound or c.outbound):
             return "History: no mail exchanged yet."
         text = (
-            f"History: {_plural(c.threads, 'thread')}, {c.inbound} from them, {c.outbound} from us"
+            f"History: {plural(c.threads, 'thread')}, {c.inbound} from them, {c.outbound} from us"
         )
         if c.last_contact_at is not None:
             text += f", last contact {c.last_contact_at:%Y-%m-%d}"
@@ -887,8 +887,9 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """ "1 mail", "2 mails"; *many* for the irregular ("2 replies")."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _shorten(text: str, limit: int) -> str:

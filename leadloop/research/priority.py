@@ -49,7 +49,7 @@ from leadloop.policy.qualify import (
     purchase_interest,
 )
 from leadloop.research.actions import Suggestion, batches, suggest_for
-from leadloop.research.facts import money
+from leadloop.research.facts import money, plural
 from leadloop.storage.models import Account, Click, Event, InboundMessage, Lead
 
 CLOSED_STATES = (State.WON, State.LOST, State.DISQUALIFIED, State.OPTED_OUT, State.INVALID)
@@ -91,9 +91,9 @@ class Engagement:
     def describe(self) -> str:
         parts = []
         if self.replies:
-            parts.append(_plural(self.replies, "reply", "replies"))
+            parts.append(plural(self.replies, "reply", "replies"))
         if self.clicks:
-            parts.append(_plural(self.clicks, "click", "clicks"))
+            parts.append(plural(self.clicks, "click", "clicks"))
         if self.bant.met:
             parts.append(f"BANT {len(self.bant.met)}/4 met")
         if self.interest.purchase_intent:
@@ -132,7 +132,7 @@ class AccountTie:
             return "no account"
         parts = []
         if self.other_leads:
-            parts.append(_plural(self.other_leads, "other lead", "other leads"))
+            parts.append(plural(self.other_leads, "other lead", "other leads"))
         if self.open_value is not None and self.open_value > 0:
             parts.append(f"{money(self.open_value, self.currency, 0)} in open opportunities")
         shown = f"account {self.name or self.domain}"
@@ -236,12 +236,8 @@ def reason_line(
     if age_days == 0:
         parts.append("created today")
     else:
-        parts.append(f"created {_plural(age_days, 'day', 'days')} ago")
+        parts.append(f"created {plural(age_days, 'day', 'days')} ago")
     return "; ".join(parts)
-
-
-def _plural(count: int, one: str, many: str) -> str:
-    return f"{count} {one if count == 1 else many}"
 
 
 async def open_leads(session: AsyncSession, owner: str | None = None) -> list[Lead]:
