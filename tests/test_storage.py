@@ -73,6 +73,25 @@ async def test_concurrent_migrations_wait_for_each_other(tmp_path: Path) -> None
     await again.dispose()
 
 
+# A blocking lock here would stop the event loop for good, so the limit is the
+# test's verdict, not a timing assertion.
+@pytest.mark.timeout(60)
+async def test_two_migrators_on_one_event_loop_take_turns(tmp_path: Path) -> None:
+    """Two databases on one SQLite file, opened at once in one process (the
+    demo and the tests do): the second waits for the migration lock without
+    stopping the loop that must let the first release it."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/one-loop.db"
+    first, second = await asyncio.gather(open_database(url), open_database(url))
+    try:
+        for db in (first, second):
+            async with db.engine.connect() as conn:
+                version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            assert version == head_revision()
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
 async def test_refuses_newer_schema(db: Database) -> None:
     """A database migrated by a newer leadloop is refused with a clear error."""
     async with db.transaction() as session:

@@ -12,6 +12,7 @@ capability.  Everything lives in RAM and vanishes when the server stops.
 from __future__ import annotations
 
 import asyncio
+import logging
 from argparse import Namespace
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HOST = "127.0.0.1"
+_log = logging.getLogger(__name__)
 SPECIAL_USE = {"Sent": b"Sent", "Drafts": b"Drafts"}
 """Folders every user gets, with the LIST attribute that marks them."""
 
@@ -152,16 +154,16 @@ async def pymap_server(
     await backend.add_user(user, password)
     backend.config.apply_context()
     imap = IMAPServer(backend.login, backend.config)
-    connections: set[asyncio.Task[Any]] = set()
+    connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
-    async def handle(reader: Any, writer: Any, sock_info: Any) -> None:
+    async def handle(reader: Any, writer: asyncio.StreamWriter, sock_info: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
-        connections.add(task)
+        connections[task] = writer
         try:
             await imap(reader, writer, sock_info)
         finally:
-            connections.discard(task)
+            connections.pop(task, None)
 
     callback = ProxyProtocolReader(backend.config.proxy_protocol).get_callback(handle)
     server = await asyncio.start_server(callback, host, 0)
@@ -169,8 +171,32 @@ async def pymap_server(
     try:
         yield PymapServer(host, port, user, password, backend)
     finally:
-        server.close()
-        for task in list(connections):
+        await _shut_down(server, connections)
+
+
+async def _shut_down(
+    server: asyncio.Server, connections: dict[asyncio.Task[Any], asyncio.StreamWriter]
+) -> None:
+    """Stop listening and end every connection, however far it got.
+
+    ``Server.wait_closed()`` waits until every accepted connection's transport
+    is gone (Python 3.11 has no ``close_clients()``).  A handler that pymap is
+    still in, or one that started after the listener closed, would keep its
+    transport open for as long as its client stays quiet: the wait would never
+    end.  So cancel the handlers, then abort what is left, then wait, bounded.
+    """
+    server.close()
+    for task in list(connections):
+        task.cancel()
+    if connections:
+        await asyncio.wait(list(connections), timeout=2)
+    # Handlers that started after the snapshot, or ignored the cancel.
+    for _ in range(3):
+        await asyncio.sleep(0)
+        for task, writer in list(connections.items()):
             task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
-        await server.wait_closed()
+            writer.transport.abort()
+    try:
+        await asyncio.wait_for(server.wait_closed(), 5)
+    except TimeoutError:
+        _log.warning("pymap: %d connection(s) still open after shutdown", len(connections))

@@ -8,10 +8,11 @@ once: an advisory lock on PostgreSQL, a lock file beside a SQLite database.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,12 @@ class Database:
 
     async def upgrade(self) -> None:
         """Apply every migration, under the migration lock."""
-        with self._file_lock():
-            async with self.engine.begin() as conn:
-                if not self.is_sqlite:
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
-                    )
-                await conn.run_sync(_upgrade)
+        async with self._file_lock(), self.engine.begin() as conn:
+            if not self.is_sqlite:
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                )
+            await conn.run_sync(_upgrade)
 
     async def check_schema(self) -> None:
         """Refuse a schema this version does not know (migrated by a newer leadloop)."""
@@ -110,15 +110,24 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def _file_lock(self) -> AsyncIterator[None]:
+        """The SQLite migration lock.  Polled, not a blocking ``flock``: a
+        blocking one would stop the event loop, and with it whatever in this
+        process holds the lock and would release it (two databases on one
+        file in one process, as the tests and ``leadloop demo`` open)."""
         path = self.sqlite_path
         if path is None:
             yield
             return
         lock_path = path.with_name(path.name + ".migrate.lock")
-        with open(lock_path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with open(lock_path, "a+") as handle:  # noqa: ASYNC230 - a local lock file
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
             try:
                 yield
             finally:
