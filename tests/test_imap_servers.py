@@ -100,6 +100,40 @@ async def test_idle_client_gets_exists_after_another_connection_delivers(
     await client.logout()
 
 
+# The limit is the verdict: a shutdown that misses a connection leaves its
+# client reading forever.
+@pytest.mark.timeout(60)
+async def test_pymap_stops_with_clients_still_connected() -> None:
+    """Leaving ``pymap_server()`` ends every connection: one client in IDLE,
+    one half-way through an APPEND literal, one that never said a word."""
+    clients = []
+    async with imap_servers.pymap_server() as server:
+        for commands in (
+            [b"a1 LOGIN {user} {password}", b"a2 SELECT INBOX", b"a3 IDLE"],
+            [b"b1 LOGIN {user} {password}", b"b2 APPEND INBOX {{1000+}}\r\nFrom: half"],
+            [],
+        ):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            assert (await reader.readline()).startswith(b"* OK")
+            for command in commands:
+                line = command.decode().format(user=server.user, password=server.password)
+                writer.write(line.encode() + b"\r\n")
+                await writer.drain()
+                if not line.startswith("b2"):
+                    # Through the command's own answer (IDLE's is "+ idling").
+                    while not (answer := await reader.readline()).startswith((b"a", b"b", b"+")):
+                        pass
+                    assert b"OK" in answer or answer.startswith(b"+"), answer
+            clients.append((reader, writer))
+    for reader, writer in clients:
+        try:
+            rest = await reader.read()  # to the end of the stream
+        except ConnectionResetError:  # aborted rather than closed: ended all the same
+            rest = b""
+        assert b" OK" not in rest
+        writer.close()
+
+
 async def test_examine_helpers_leave_seen_and_recent_alone(imap_server: ImapServer) -> None:
     await imap_server.deliver(MESSAGES[0], flags=["\\Seen", "\\Flagged"])
     await imap_server.deliver(MESSAGES[1])
