@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from imap_servers import ImapServer, pymap_server
@@ -325,6 +326,72 @@ async def test_stalled_server_is_dropped(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("moment", ["as IDLE starts", "waiting for a push"])
+async def test_a_cancelled_idle_stays_cancelled_when_done_goes_unanswered(moment: str) -> None:
+    """Cancelling the IDLE wait ends it even when the server never answers
+    DONE (a fault no real server produces on demand, so a small scripted server
+    stands in): the cancel is not turned into a channel error, which the
+    daemon's listener would take for an outage and carry on after, and the
+    connection, in no known state, is dropped."""
+    in_idle = asyncio.Event()
+    hung_up = asyncio.Event()
+
+    async def mute_after_idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+        while line := await reader.readline():
+            tag, _, rest = line.decode().strip().partition(" ")
+            command = rest.split(" ", 1)[0].upper()
+            if command == "IDLE":
+                writer.write(b"+ idling\r\n")
+                in_idle.set()
+            elif command == "DONE" or tag.upper() == "DONE" or in_idle.is_set():
+                continue  # DONE and anything after it: no answer, ever
+            elif command in ("SELECT", "EXAMINE"):
+                writer.write(b"* 0 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n")
+                writer.write(f"{tag} OK [READ-ONLY] done\r\n".encode())
+            elif command == "CAPABILITY":
+                writer.write(f"* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK done\r\n".encode())
+            else:
+                writer.write(f"{tag} OK done\r\n".encode())
+            await writer.drain()
+        hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(mute_after_idle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = ImapSettings(host="127.0.0.1", port=port, security="none", username="u", timeout=0.3)
+
+    async def secret() -> str:
+        return "pw"
+
+    inbox = ImapInbox("mute", settings, secret)
+    try:
+        waiting = asyncio.create_task(inbox.wait_for_mail(60))
+        await asyncio.wait_for(in_idle.wait(), 10)
+        if moment == "waiting for a push":
+            await eventually(lambda: _in_frame(waiting, "_next_push"), "the push wait")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not inbox._idle.connected  # dropped: the next IDLE starts afresh
+        await asyncio.wait_for(hung_up.wait(), 10)
+    finally:
+        await inbox.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _in_frame(task: asyncio.Task[object], function: str) -> bool:
+    """Whether *task* is suspended somewhere inside *function* (its await chain)."""
+    awaiting: Any = task.get_coro()
+    while awaiting is not None:
+        code = getattr(awaiting, "cr_code", None) or getattr(awaiting, "gi_code", None)
+        if code is not None and code.co_name == function:
+            return True
+        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    return False
 
 
 async def test_one_failing_mailbox_never_stops_the_others(

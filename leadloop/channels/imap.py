@@ -345,6 +345,14 @@ class ImapConnection:
             if client.protocol.transport is not None:
                 client.protocol.transport.close()
 
+    def drop(self) -> None:
+        """Hang up without LOGOUT: for a connection in an unknown state (an
+        IDLE that was cancelled, a server that stopped answering)."""
+        client, self.client = self.client, None
+        self.selected = None
+        if client is not None and client.protocol.transport is not None:
+            client.protocol.transport.close()
+
     async def command(self, name: str, *args: str) -> aioimaplib.Response:
         """Run one command; a NO or BAD answer is returned, a dead or stalled
         connection raises :class:`TransientChannelError` and is closed."""
@@ -630,7 +638,13 @@ class ImapInbox:
         client = self._idle.client
         assert client is not None
         try:
-            idle = await client.idle_start(timeout=seconds)
+            try:
+                idle = await client.idle_start(timeout=seconds)
+            except BaseException:
+                # Cancelled or failed before the server's "+": whether the
+                # connection is idling is unknown, so it is not used again.
+                self._idle.drop()
+                raise
             changed = False
             try:
                 while True:
@@ -643,16 +657,33 @@ class ImapInbox:
                     if any(b"EXISTS" in line or b"RECENT" in line for line in lines):
                         changed = True
                         break
-            finally:
-                if not self._idle.lost:
-                    client.idle_done()
-                    await asyncio.wait_for(idle, self.settings.timeout)
-                else:
-                    idle.cancel()
+            except BaseException:
+                # Cancelled, or the connection failed: end IDLE as well as we
+                # can, but let the first exception go on.  A DONE the server
+                # leaves unanswered must not turn a cancel into a channel
+                # error, which the listener would take for an outage and go on.
+                with contextlib.suppress(Exception):
+                    await self._end_idle(client, idle)
+                raise
+            await self._end_idle(client, idle)
             return changed
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             await self._idle.close()
             raise TransientChannelError(f"IDLE failed: {str(exc) or type(exc).__name__}") from exc
+
+    async def _end_idle(self, client: aioimaplib.IMAP4, idle: asyncio.Future[Any]) -> None:
+        """DONE, and the server's answer to IDLE; on a dead or mute server the
+        connection is dropped, so the next IDLE starts on a new one."""
+        if self._idle.lost:
+            idle.cancel()
+            return
+        client.idle_done()
+        try:
+            await asyncio.wait_for(idle, self.settings.timeout)
+        except BaseException:
+            idle.cancel()
+            self._idle.drop()
+            raise
 
     async def _next_push(self, client: aioimaplib.IMAP4, seconds: float) -> Any:
         """The server's next untagged answer during IDLE; a dead connection
