@@ -310,20 +310,31 @@ async def test_stalled_server_is_dropped(tmp_path: Path) -> None:
         hung_up.set()
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with scripted_server(silent) as inbox:
+        with pytest.raises(TransientChannelError):
+            await inbox.open()
+        assert not inbox._conn.connected
+        await asyncio.wait_for(hung_up.wait(), 10)
+
+
+@asynccontextmanager
+async def scripted_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[ImapInbox]:
+    """A bare asyncio server running *handler* on loopback, for faults no real
+    IMAP server produces on demand, and an inbox pointed at it (0.3 s timeout)."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     settings = ImapSettings(host="127.0.0.1", port=port, security="none", username="u", timeout=0.3)
 
     async def secret() -> str:
         return "pw"
 
-    inbox = ImapInbox("stalled", settings, secret)
+    inbox = ImapInbox("scripted", settings, secret)
     try:
-        with pytest.raises(TransientChannelError):
-            await inbox.open()
-        assert not inbox._conn.connected
-        await asyncio.wait_for(hung_up.wait(), 10)
+        yield inbox
     finally:
+        await inbox.close()
         server.close()
         await server.wait_closed()
 
@@ -359,15 +370,7 @@ async def test_a_cancelled_idle_stays_cancelled_when_done_goes_unanswered(moment
         hung_up.set()
         writer.close()
 
-    server = await asyncio.start_server(mute_after_idle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = ImapSettings(host="127.0.0.1", port=port, security="none", username="u", timeout=0.3)
-
-    async def secret() -> str:
-        return "pw"
-
-    inbox = ImapInbox("mute", settings, secret)
-    try:
+    async with scripted_server(mute_after_idle) as inbox:
         waiting = asyncio.create_task(inbox.wait_for_mail(60))
         await asyncio.wait_for(in_idle.wait(), 10)
         if moment == "waiting for a push":
@@ -377,10 +380,6 @@ async def test_a_cancelled_idle_stays_cancelled_when_done_goes_unanswered(moment
             await waiting
         assert not inbox._idle.connected  # dropped: the next IDLE starts afresh
         await asyncio.wait_for(hung_up.wait(), 10)
-    finally:
-        await inbox.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def _in_frame(task: asyncio.Task[object], function: str) -> bool:
