@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,20 @@ CORPUS = REPO.parent / "shared" / "corpus"
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 _db_names = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put the root logger back after each test.  The CLI, run in-process,
+    calls ``leadloop.logs.setup``, whose handler writes to the ``sys.stderr``
+    of that moment: pytest's capture stream, closed when the test ends.  Left
+    in place, every later log line prints a "Logging error" traceback."""
+    root = logging.getLogger()
+    handlers, level, excepthook = root.handlers[:], root.level, sys.excepthook
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    sys.excepthook = excepthook
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,11 @@ class Database:
 
     async def upgrade(self) -> None:
         """Apply every migration, under the migration lock."""
-        async with self._file_lock(), self.engine.begin() as conn:
+        async with self._file_lock():
+            await self._migrate()
+
+    async def _migrate(self) -> None:
+        async with self.engine.begin() as conn:
             if not self.is_sqlite:
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
@@ -103,9 +107,14 @@ class Database:
             )
 
     async def start(self) -> None:
-        """Check the schema version, then migrate to the newest."""
-        await self.check_schema()
-        await self.upgrade()
+        """Check the schema version, then migrate to the newest.  On SQLite the
+        whole of it, first connection included, is under the migration lock:
+        a new file's first connection switches it to WAL, which needs the
+        file to itself and fails at once ("database is locked"), busy timeout
+        or not, when another first connection is doing the same."""
+        async with self._file_lock():
+            await self.check_schema()
+            await self._migrate()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -136,9 +145,9 @@ class Database:
 
 def _sqlite_pragmas(dbapi_conn: Any, timeout_ms: int) -> None:
     cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
