@@ -56,6 +56,7 @@ from typing import Any
 
 import aioimaplib
 
+from leadloop.channels.imap import wait_hello
 from leadloop.demo import imap as demo_imap
 from leadloop.demo.imap import PymapBackend
 
@@ -134,7 +135,7 @@ class ImapServer:
     async def connect(self, *, login: bool = True, command_timeout: float = 10) -> aioimaplib.IMAP4:
         """A new aioimaplib client, greeted and (by default) logged in."""
         client = aioimaplib.IMAP4(self.host, self.port, timeout=command_timeout)
-        await client.wait_hello_from_server()
+        await wait_hello(client, command_timeout)
         if login:
             _check(await client.login(self.user, self.password), "LOGIN")
         return client

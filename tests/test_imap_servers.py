@@ -12,6 +12,8 @@ import imap_servers
 import pytest
 from imap_servers import ImapServer, dovecot_server
 
+from leadloop.channels.imap import wait_hello
+
 MESSAGES = [
     (
         f"From: Lead {n} <lead{n}@example.com>\r\n"
@@ -27,7 +29,7 @@ MESSAGES = [
 
 async def login(server: ImapServer) -> aioimaplib.IMAP4:
     client = aioimaplib.IMAP4(server.host, server.port, timeout=10)
-    await client.wait_hello_from_server()
+    await wait_hello(client, 10)
     response = await client.login(server.user, server.password)
     assert response.result == "OK", response
     return client
@@ -160,7 +162,7 @@ async def test_folders_sent_drafts_and_created(imap_server: ImapServer) -> None:
 async def test_wrong_password_is_counted(imap_server: ImapServer) -> None:
     assert imap_server.auth_failures() == 0
     client = aioimaplib.IMAP4(imap_server.host, imap_server.port, timeout=10)
-    await client.wait_hello_from_server()
+    await wait_hello(client, 10)
     refused = await client.login(imap_server.user, "not-the-password")
     assert refused.result == "NO"
     assert await imap_server.wait_auth_failures(1) == 1

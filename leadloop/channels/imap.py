@@ -170,6 +170,36 @@ class _SaslCommand(aioimaplib.Command):  # type: ignore[misc]  # aioimaplib is u
         super().append_to_resp(line, result)
 
 
+async def wait_hello(client: aioimaplib.IMAP4, within: float) -> None:
+    """The greeting and the CAPABILITY aioimaplib asks right after it, within
+    *within* seconds, or :class:`TimeoutError` and the connection dropped.
+
+    aioimaplib sends that CAPABILITY with no timeout while holding its state
+    lock, so a server that greets and then stalls would make its own
+    ``wait_hello_from_server()`` hang even after its timeout fires (the
+    cancelled wait cannot get the lock back).  So: wait here, and on a stall
+    fail the pending command and drop the connection, which releases the lock
+    and lets aioimaplib's wait end.  Everything that opens an aioimaplib
+    connection (the channel, the demo's delivery, the tests' helpers) uses it.
+    """
+    hello = asyncio.ensure_future(client.wait_hello_from_server())
+    done, _ = await asyncio.wait({hello}, timeout=within)
+    if not done:
+        protocol = client.protocol
+        for pending in (
+            protocol.pending_sync_command,
+            *protocol.pending_async_commands.values(),
+        ):
+            if pending is not None:
+                pending.close(b"", "NO")
+        if protocol.transport is not None:
+            protocol.transport.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(hello, 5)
+        raise TimeoutError(f"no answer within {within:.0f}s after the greeting")
+    hello.result()
+
+
 class ImapConnection:
     """One logged-in IMAP connection; every failure is translated into a
     :class:`ChannelError` that says whether retrying can help."""
@@ -245,31 +275,7 @@ class ImapConnection:
         self.capabilities = {c.upper() for c in self.client.protocol.capabilities}
 
     async def _wait_hello(self, client: aioimaplib.IMAP4) -> None:
-        """The greeting and the CAPABILITY aioimaplib asks right after it.
-
-        aioimaplib sends that CAPABILITY with no timeout while holding its
-        state lock, so a server that greets and then stalls would make its own
-        wait_hello_from_server() hang even after its timeout fires (the
-        cancelled wait cannot get the lock back).  So: wait ourselves, and on
-        a stall fail the pending command and drop the connection, which
-        releases the lock and lets aioimaplib's wait end.
-        """
-        hello = asyncio.ensure_future(client.wait_hello_from_server())
-        done, _ = await asyncio.wait({hello}, timeout=self.settings.timeout)
-        if not done:
-            protocol = client.protocol
-            for pending in (
-                protocol.pending_sync_command,
-                *protocol.pending_async_commands.values(),
-            ):
-                if pending is not None:
-                    pending.close(b"", "NO")
-            if protocol.transport is not None:
-                protocol.transport.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(hello, 5)
-            raise TimeoutError(f"no answer within {self.settings.timeout:.0f}s after the greeting")
-        hello.result()
+        await wait_hello(client, self.settings.timeout)
 
     async def _starttls(self) -> None:
         # aioimaplib 2.0 has no STARTTLS (iroco-co/aioimaplib#1); asyncio's

@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from leadloop.agent.leads import import_leads
 from leadloop.agent.tracking import signed_headers
+from leadloop.channels.imap import wait_hello
 from leadloop.clock import ManualClock
 from leadloop.config import load
 from leadloop.daemon.service import Service
@@ -214,7 +215,7 @@ async def world(directory: Path, options: Options, narrator: Narrator) -> AsyncI
 async def append(host: str, port: int, user: str, password: str, raw: bytes) -> None:
     """APPEND *raw* to INBOX, as the MTA's delivery agent would."""
     client = aioimaplib.IMAP4(host, port, timeout=10)
-    await client.wait_hello_from_server()
+    await wait_hello(client, 10)
     try:
         response = await client.login(user, password)
         if response.result != "OK":
