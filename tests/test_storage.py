@@ -77,8 +77,8 @@ async def test_concurrent_migrations_wait_for_each_other(tmp_path: Path) -> None
 # test's verdict, not a timing assertion.
 @pytest.mark.timeout(60)
 async def test_two_migrators_on_one_event_loop_take_turns(tmp_path: Path) -> None:
-    """Two databases on one SQLite file, opened at once in one process (the
-    demo and the tests do): the second waits for the migration lock without
+    """Two databases on one SQLite file, opened at once in one process (as
+    the tests do): the second waits for the migration lock without
     stopping the loop that must let the first release it."""
     url = f"sqlite+aiosqlite:///{tmp_path}/one-loop.db"
     first, second = await asyncio.gather(open_database(url), open_database(url))

@@ -124,7 +124,7 @@ class Database:
         """The SQLite migration lock.  Polled, not a blocking ``flock``: a
         blocking one would stop the event loop, and with it whatever in this
         process holds the lock and would release it (two databases on one
-        file in one process, as the tests and ``leadloop demo`` open)."""
+        file in one process, as the tests open)."""
         path = self.sqlite_path
         if path is None:
             yield
