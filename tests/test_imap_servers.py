@@ -27,14 +27,6 @@ MESSAGES = [
 ]
 
 
-async def login(server: ImapServer) -> aioimaplib.IMAP4:
-    client = aioimaplib.IMAP4(server.host, server.port, timeout=10)
-    await wait_hello(client, 10)
-    response = await client.login(server.user, server.password)
-    assert response.result == "OK", response
-    return client
-
-
 def fetched_bodies(lines: list[bytes | bytearray]) -> dict[int, bytes]:
     """UID -> BODY[] from a ``UID FETCH ... (UID BODY.PEEK[])`` response.
 
@@ -59,7 +51,7 @@ def select_code(lines: list[bytes], name: bytes) -> int:
 async def test_deliver_then_uid_fetch_returns_the_bytes(imap_server: ImapServer) -> None:
     for raw in MESSAGES:
         await imap_server.deliver(raw)
-    client = await login(imap_server)
+    client = await imap_server.connect()
     selected = await client.select("INBOX")
     assert selected.result == "OK"
     assert b"3 EXISTS" in selected.lines
@@ -72,7 +64,7 @@ async def test_deliver_then_uid_fetch_returns_the_bytes(imap_server: ImapServer)
 
 
 async def test_capability_includes_idle_and_special_use(imap_server: ImapServer) -> None:
-    client = await login(imap_server)
+    client = await imap_server.connect()
     # aioimaplib 2.0.3 parses pymap's "OK [CAPABILITY ...] text" after LOGIN
     # into junk tokens; an explicit CAPABILITY command sets a clean set.
     await client.protocol.capability()
@@ -88,7 +80,7 @@ async def test_idle_client_gets_exists_after_another_connection_delivers(
     imap_server: ImapServer,
 ) -> None:
     await imap_server.deliver(MESSAGES[0])
-    client = await login(imap_server)
+    client = await imap_server.connect()
     await client.select("INBOX")
     idle = await client.idle_start(timeout=30)
     await imap_server.deliver(MESSAGES[1])
@@ -142,7 +134,7 @@ async def test_examine_helpers_leave_seen_and_recent_alone(imap_server: ImapServ
     flags = await imap_server.flags_of()
     assert sorted(flags.values(), key=len) == [set(), {"\\Seen", "\\Flagged"}]
     assert await imap_server.seen_count() == 1
-    client = await login(imap_server)
+    client = await imap_server.connect()
     selected = await client.select("INBOX")
     assert b"2 RECENT" in selected.lines  # nobody claimed \Recent before
     await client.logout()
@@ -175,24 +167,24 @@ async def test_wrong_password_is_counted(imap_server: ImapServer) -> None:
 
 async def test_change_uidvalidity_shows_on_select(imap_server: ImapServer) -> None:
     await imap_server.deliver(MESSAGES[0])
-    client = await login(imap_server)
+    client = await imap_server.connect()
     before = select_code((await client.select("INBOX")).lines, b"UIDVALIDITY")
     await client.logout()
 
     assert imap_server.change_uidvalidity() == before + 1
-    client = await login(imap_server)
+    client = await imap_server.connect()
     assert select_code((await client.select("INBOX")).lines, b"UIDVALIDITY") == before + 1
     await client.logout()
 
     assert imap_server.change_uidvalidity(value=4242) == 4242
-    client = await login(imap_server)
+    client = await imap_server.connect()
     assert select_code((await client.select("INBOX")).lines, b"UIDVALIDITY") == 4242
     await client.logout()
 
 
 async def test_dovecot_stop_and_start_on_the_same_port(dovecot_imap: ImapServer) -> None:
     await dovecot_imap.deliver(MESSAGES[0])
-    client = await login(dovecot_imap)
+    client = await dovecot_imap.connect()
     await client.select("INBOX")
     idle = await client.idle_start(timeout=30)
 
@@ -204,7 +196,7 @@ async def test_dovecot_stop_and_start_on_the_same_port(dovecot_imap: ImapServer)
     idle.cancel()
 
     await asyncio.to_thread(dovecot_imap.start)
-    client = await login(dovecot_imap)
+    client = await dovecot_imap.connect()
     selected = await client.select("INBOX")
     assert b"1 EXISTS" in selected.lines  # the Maildir survives a restart
     await client.logout()

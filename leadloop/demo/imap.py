@@ -186,16 +186,14 @@ async def _shut_down(
     end.  So cancel the handlers, then abort what is left, then wait, bounded.
     """
     server.close()
+    await asyncio.sleep(0)  # handlers of connections accepted just before close()
     for task in list(connections):
         task.cancel()
     if connections:
         await asyncio.wait(list(connections), timeout=2)
-    # Handlers that started after the snapshot, or ignored the cancel.
-    for _ in range(3):
-        await asyncio.sleep(0)
-        for task, writer in list(connections.items()):
-            task.cancel()
-            writer.transport.abort()
+    for task, writer in list(connections.items()):  # ignored the cancel, or started late
+        task.cancel()
+        writer.transport.abort()
     try:
         await asyncio.wait_for(server.wait_closed(), 5)
     except TimeoutError:
